@@ -1,0 +1,57 @@
+//! The core crate's error type.
+use std::path::PathBuf;
+
+/// Everything that can go wrong in genlab-core. Each variant names what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid device `{spec}`: {reason}")]
+    Device { spec: String, reason: String },
+    #[error("invalid precision `{0}`: expected fp32, bf16 or fp16")]
+    Precision(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{path}: checkpoint does not match the model:\n{report}")]
+    KeyMismatch { path: PathBuf, report: String },
+    #[error("no checkpoint found in {0}")]
+    NoCheckpoint(PathBuf),
+    #[error("shape error: {0}")]
+    Shape(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("training diverged at step {step}: {what} is {value}; the last good checkpoint is {last_good}")]
+    NonFinite {
+        step: u64,
+        what: String,
+        value: f64,
+        last_good: String,
+    },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("hdf5 {path}: {message}")]
+    Hdf5 { path: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+impl CoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        CoreError::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! genlab-core: what every genlab family shares.
+//!
+//! - [`device`]: `--device auto|cpu|cuda|cuda:N|mps`, with errors that say why CUDA is absent.
+//! - [`precision`]: fp32, bf16 and fp16 autocast, and the fp16 loss scaler.
+//! - [`seed`]: reproducible randomness derived from `(seed, step)`.
+//! - [`checkpoint`]: safetensors checkpoints written atomically, key-mismatch reports.
+//! - [`layers`]: conv blocks, ResNet blocks, attention, timestep embeddings, resampling.
+//! - [`ema`]: exponential moving averages of weights.
+//! - [`optim`]: Adam/AdamW over one flat parameter buffer.
+//! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
+//! - [`train`]: the training harness (progress, metrics, checkpoints, resume, Ctrl-C, NaN stops).
+pub mod checkpoint;
+pub mod device;
+pub mod ema;
+pub mod error;
+pub mod images;
+pub mod layers;
+pub mod optim;
+pub mod precision;
+pub mod seed;
+pub mod train;
+
+pub use device::DeviceSpec;
+pub use error::{CoreError, Result};
+pub use precision::Precision;
+pub use tch;

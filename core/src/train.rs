@@ -1,0 +1,340 @@
+//! The training harness every family uses.
+//!
+//! A family implements [`TrainTask`] (one optimisation step, samples for monitoring,
+//! its tensors for checkpoints); a data loader implements [`BatchSource`]. [`run`]
+//! does the rest: progress bar (loss, it/s, ETA), metrics as JSON lines, periodic
+//! checkpoints and sample grids, exact `--resume`, a clean stop on Ctrl-C (or SIGTERM)
+//! that saves first, and a stop with a clear message on a non-finite loss that keeps
+//! the last good checkpoint.
+//!
+//! Exact resume: before step `s` the harness seeds libtorch with
+//! [`crate::seed::step_seed`]`(seed, s)` and the data source is positioned at `s`, so a
+//! resumed run replays the randomness of an uninterrupted one. On the CPU the final
+//! weights are bit-identical.
+use crate::checkpoint::{self, CheckpointData, CheckpointReader};
+use crate::error::{CoreError, Result};
+use crate::images;
+use crate::seed;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+use tch::Tensor;
+
+/// A batch of images in [-1, 1] and optional integer labels.
+#[derive(Debug)]
+pub struct Batch {
+    /// [batch, channels, height, width], float
+    pub images: Tensor,
+    /// [batch], int64
+    pub labels: Option<Tensor>,
+}
+
+/// A deterministic stream of batches: the batch for step `s` depends only on the
+/// source's seed and `s`.
+pub trait BatchSource {
+    /// Position the source so that the next batch is the one for training step `step`.
+    fn seek(&mut self, step: u64) -> Result<()>;
+    fn next_batch(&mut self) -> Result<Batch>;
+}
+
+/// What one training step reports. `loss` is checked for finiteness.
+#[derive(Debug, Clone, Default)]
+pub struct StepOutput {
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// One family's model(s), optimizer(s) and objective.
+pub trait TrainTask {
+    /// One optimisation step on `batch` (libtorch has been seeded for this step).
+    fn train_step(&mut self, batch: &Batch, step: u64) -> Result<StepOutput>;
+    /// `n` samples in [-1, 1] for the monitoring grid, [n, c, h, w].
+    fn samples(&mut self, n: i64) -> Result<Tensor>;
+    /// Named tensor groups to checkpoint (`model`, `ema`, `optim`, ...).
+    fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>>;
+    /// Restore from a checkpoint written from [`TrainTask::checkpoint_groups`].
+    fn restore(&mut self, ckpt: &CheckpointReader) -> Result<()>;
+    /// The run configuration (model and training), written as `config.json`.
+    fn config(&self) -> serde_json::Value;
+    /// Small extra state to persist (loss scaler, counters).
+    fn extra_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore_extra_state(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Harness settings (the CLI's `--steps`, `--out`, `--seed`, `--resume`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HarnessConfig {
+    pub steps: u64,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub resume: bool,
+    pub checkpoint_every: u64,
+    pub sample_every: u64,
+    pub log_every: u64,
+    pub keep_checkpoints: usize,
+    pub n_samples: i64,
+    pub progress: bool,
+}
+
+impl HarnessConfig {
+    pub fn new(out: impl Into<PathBuf>, steps: u64) -> Self {
+        HarnessConfig {
+            steps,
+            out: out.into(),
+            seed: 0,
+            resume: false,
+            checkpoint_every: 1000,
+            sample_every: 1000,
+            log_every: 10,
+            keep_checkpoints: 3,
+            n_samples: 64,
+            progress: true,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Finished,
+    /// Stopped by Ctrl-C / SIGTERM after saving a checkpoint.
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// Steps completed.
+    pub step: u64,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_loss: Option<f64>,
+}
+
+/// The files of a run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn status_file(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join(checkpoint::CONFIG_FILE)
+    }
+
+    /// The newest complete checkpoint of this run.
+    pub fn latest(&self) -> Result<CheckpointReader> {
+        let p = checkpoint::latest_checkpoint(&self.checkpoints()).ok_or_else(|| CoreError::NoCheckpoint(self.checkpoints()))?;
+        CheckpointReader::open(&p)
+    }
+
+    fn write_status(&self, status: Status, step: u64, message: Option<&str>) -> Result<()> {
+        let v = serde_json::json!({ "status": status, "step": step, "message": message });
+        checkpoint::write_atomic(&self.status_file(), serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())
+    }
+}
+
+/// Open a run directory (its newest checkpoint) or a checkpoint folder directly.
+pub fn open_checkpoint(path: &Path) -> Result<CheckpointReader> {
+    if path.join(checkpoint::STATE_FILE).is_file() {
+        return CheckpointReader::open(path);
+    }
+    if !path.exists() {
+        return Err(CoreError::file(path, "no such run directory or checkpoint"));
+    }
+    RunDir::new(path).latest()
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static HANDLER: OnceLock<bool> = OnceLock::new();
+
+/// Install the Ctrl-C / SIGTERM handler (once per process) that asks the harness to stop.
+pub fn install_stop_handler() -> bool {
+    *HANDLER.get_or_init(|| ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).is_ok())
+}
+
+/// Ask a running harness to save and stop at the end of the current step.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn take_stop() -> bool {
+    STOP.swap(false, Ordering::SeqCst)
+}
+
+fn sample_seed(seed: u64) -> i64 {
+    (seed::Rng::derive(seed, &[u64::MAX]).next_u64() >> 1) as i64
+}
+
+/// Drop metric lines beyond `step` (written after the checkpoint a resume starts from).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .map(|s| s <= step)
+                .unwrap_or(false)
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    checkpoint::write_atomic(path, out.as_bytes())
+}
+
+/// Train `task` on `data` as `cfg` says. See the module docs.
+pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessConfig) -> Result<Outcome> {
+    let run = RunDir::new(&cfg.out);
+    std::fs::create_dir_all(&run.root).map_err(|e| CoreError::io(&run.root, e))?;
+    let mut start = 0u64;
+    let mut last_ckpt = None;
+    let existing = checkpoint::latest_checkpoint(&run.checkpoints());
+    if cfg.resume {
+        let Some(dir) = existing else {
+            return Err(CoreError::NoCheckpoint(run.checkpoints()));
+        };
+        let ck = CheckpointReader::open(&dir)?;
+        task.restore(&ck)?;
+        task.restore_extra_state(ck.state.get("extra").unwrap_or(&serde_json::Value::Null))?;
+        let saved_seed = ck.state.get("seed").and_then(|s| s.as_u64());
+        if saved_seed.is_some_and(|s| s != cfg.seed) {
+            return Err(CoreError::Config(format!(
+                "{}: the run was started with --seed {}, not {}; resume with the same seed",
+                dir.display(),
+                saved_seed.unwrap_or_default(),
+                cfg.seed
+            )));
+        }
+        start = ck.step();
+        truncate_metrics(&run.metrics(), start)?;
+        last_ckpt = Some(dir);
+    } else if let Some(dir) = existing {
+        return Err(CoreError::Config(format!(
+            "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
+            run.root.display(),
+            dir.display()
+        )));
+    } else {
+        let _ = std::fs::remove_file(run.metrics());
+    }
+    let config = task.config();
+    checkpoint::write_atomic(&run.config_file(), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+    run.write_status(Status::Running, start, None)?;
+    install_stop_handler();
+    let _ = take_stop();
+
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .map_err(|e| CoreError::io(run.metrics(), e))?;
+    let bar = if cfg.progress {
+        indicatif::ProgressBar::new(cfg.steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+
+    let save = |task: &mut dyn TrainTask, step: u64| -> Result<PathBuf> {
+        let data = CheckpointData {
+            groups: task.checkpoint_groups(),
+            config: config.clone(),
+            state: serde_json::json!({ "step": step, "seed": cfg.seed, "extra": task.extra_state() }),
+        };
+        checkpoint::save_checkpoint(&run.checkpoints(), step, &data, cfg.keep_checkpoints)
+    };
+    let sample = |task: &mut dyn TrainTask, step: u64| -> Result<()> {
+        seed::manual_seed(sample_seed(cfg.seed));
+        let imgs = tch::no_grad(|| task.samples(cfg.n_samples))?;
+        images::save_samples(&imgs, &run.samples().join(format!("step-{step:08}.png")), None)
+    };
+
+    data.seek(start)?;
+    let t0 = Instant::now();
+    let mut last_loss = None;
+    let mut step = start;
+    while step < cfg.steps {
+        seed::manual_seed(seed::step_seed(cfg.seed, step));
+        let batch = data.next_batch()?;
+        let out = task.train_step(&batch, step)?;
+        let bad = std::iter::once(("loss".to_string(), out.loss))
+            .chain(out.metrics.iter().cloned())
+            .find(|(_, v)| !v.is_finite());
+        if let Some((what, value)) = bad {
+            bar.abandon();
+            let last_good = last_ckpt.as_ref().map(|p: &PathBuf| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint was written yet)".into());
+            let msg = format!("{what} is {value} at step {step}");
+            run.write_status(Status::Failed, step, Some(&msg))?;
+            return Err(CoreError::NonFinite { step, what, value, last_good });
+        }
+        step += 1;
+        last_loss = Some(out.loss);
+        if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
+            let elapsed = t0.elapsed().as_secs_f64();
+            let mut line = serde_json::json!({ "step": step, "loss": out.loss, "time_s": elapsed, "it_s": (step - start) as f64 / elapsed.max(1e-9) });
+            for (k, v) in &out.metrics {
+                line[k] = serde_json::json!(v);
+            }
+            writeln!(metrics, "{line}").map_err(|e| CoreError::io(run.metrics(), e))?;
+            bar.set_message(format!("loss {:.4}", out.loss));
+        }
+        bar.set_position(step);
+        let stop = take_stop();
+        if cfg.sample_every > 0 && step % cfg.sample_every == 0 && step < cfg.steps {
+            sample(task, step)?;
+        }
+        if stop || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == cfg.steps {
+            metrics.flush().map_err(|e| CoreError::io(run.metrics(), e))?;
+            last_ckpt = Some(save(task, step)?);
+            if !cfg.progress {
+                eprintln!("step {step}/{}: loss {:.5}, checkpoint {}", cfg.steps, out.loss, last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            }
+        }
+        if stop {
+            bar.abandon_with_message(format!("stopped at step {step}; resume with --resume"));
+            run.write_status(Status::Stopped, step, Some("interrupted; checkpoint saved"))?;
+            return Ok(Outcome { status: Status::Stopped, step, last_checkpoint: last_ckpt, last_loss });
+        }
+    }
+    if step == start && start > 0 {
+        // Resumed a run that had already finished.
+        last_ckpt = last_ckpt.or_else(|| checkpoint::latest_checkpoint(&run.checkpoints()));
+    }
+    sample(task, step)?;
+    bar.finish_with_message(format!("done: loss {}", last_loss.map(|l| format!("{l:.4}")).unwrap_or_default()));
+    run.write_status(Status::Finished, step, None)?;
+    Ok(Outcome { status: Status::Finished, step, last_checkpoint: last_ckpt, last_loss })
+}
