@@ -3,7 +3,7 @@
 use crate::error::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -175,6 +175,7 @@ impl GradScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn parse_and_validate() {

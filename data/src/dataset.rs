@@ -1,0 +1,108 @@
+//! The dataset abstraction: a length and items (a u8 image C x H x W, an optional label).
+use crate::error::{DataError, Result};
+use std::sync::Arc;
+
+/// One example: pixels in `C x H x W` order (0-255) and an optional class label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub image: Vec<u8>,
+    pub label: Option<i64>,
+}
+
+/// A random-access image dataset. Implementations are cheap to share between threads.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `[channels, height, width]` of every item.
+    fn shape(&self) -> [usize; 3];
+    /// Number of classes, when items carry labels.
+    fn num_classes(&self) -> Option<usize>;
+    fn get(&self, index: usize) -> Result<Item>;
+    /// A one-line description (source, size).
+    fn describe(&self) -> String;
+}
+
+/// A dataset held in memory (the built-in sets, IDX files, converted folders).
+#[derive(Debug, Clone)]
+pub struct InMemory {
+    pub name: String,
+    pub shape: [usize; 3],
+    /// `len * C * H * W` bytes.
+    pub pixels: Arc<Vec<u8>>,
+    pub labels: Option<Arc<Vec<i64>>>,
+    pub num_classes: Option<usize>,
+}
+
+impl InMemory {
+    pub fn new(name: impl Into<String>, shape: [usize; 3], pixels: Vec<u8>, labels: Option<Vec<i64>>) -> Result<Self> {
+        let name = name.into();
+        let per = shape.iter().product::<usize>();
+        if per == 0 || pixels.len() % per != 0 {
+            return Err(DataError::Invalid(format!("{name}: {} bytes is not a whole number of {shape:?} images", pixels.len())));
+        }
+        let n = pixels.len() / per;
+        if let Some(l) = &labels {
+            if l.len() != n {
+                return Err(DataError::Invalid(format!("{name}: {} labels for {n} images", l.len())));
+            }
+            if let Some(bad) = l.iter().find(|&&x| x < 0) {
+                return Err(DataError::Invalid(format!("{name}: negative label {bad}")));
+            }
+        }
+        let num_classes = labels.as_ref().map(|l| l.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0));
+        Ok(InMemory { name, shape, pixels: Arc::new(pixels), labels: labels.map(Arc::new), num_classes })
+    }
+
+    /// Keep only the items whose index passes `keep` (e.g. to hold out a class).
+    pub fn filter(&self, keep: impl Fn(usize, Option<i64>) -> bool) -> Result<Self> {
+        let per = self.shape.iter().product::<usize>();
+        let mut px = Vec::new();
+        let mut labels = self.labels.as_ref().map(|_| Vec::new());
+        for i in 0..self.len() {
+            let l = self.labels.as_ref().map(|l| l[i]);
+            if keep(i, l) {
+                px.extend_from_slice(&self.pixels[i * per..(i + 1) * per]);
+                if let (Some(v), Some(l)) = (labels.as_mut(), l) {
+                    v.push(l);
+                }
+            }
+        }
+        let mut out = InMemory::new(self.name.clone(), self.shape, px, labels)?;
+        out.num_classes = self.num_classes;
+        Ok(out)
+    }
+}
+
+impl Dataset for InMemory {
+    fn len(&self) -> usize {
+        self.pixels.len() / self.shape.iter().product::<usize>()
+    }
+    fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
+    }
+    fn get(&self, index: usize) -> Result<Item> {
+        let len = self.len();
+        if index >= len {
+            return Err(DataError::Index { index, len });
+        }
+        let per = self.shape.iter().product::<usize>();
+        Ok(Item {
+            image: self.pixels[index * per..(index + 1) * per].to_vec(),
+            label: self.labels.as_ref().map(|l| l[index]),
+        })
+    }
+    fn describe(&self) -> String {
+        let [c, h, w] = self.shape;
+        format!(
+            "{}: {} images, {c}x{h}x{w}{}",
+            self.name,
+            self.len(),
+            self.num_classes.map(|k| format!(", {k} classes")).unwrap_or_default()
+        )
+    }
+}

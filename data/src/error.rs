@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading data. Each variant names the file and, where it
+/// applies, the index or byte offset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("unknown dataset `{0}`: expected a built-in name ({names}), an HDF5 file (file.h5 or file.h5:dataset) or an image folder", names = crate::builtin::NAMES.join(", "))]
+    Unknown(String),
+    #[error("dataset `{name}` is not installed: {hint}")]
+    NotInstalled { name: String, hint: String },
+    #[error("index {index} out of range for a dataset of {len} items")]
+    Index { index: usize, len: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Core(#[from] genlab_core::CoreError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl DataError {
+    pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        DataError::Format { path: path.into(), message: message.into() }
+    }
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
