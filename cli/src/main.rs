@@ -1,0 +1,183 @@
+//! `genlab`: train, sample and inspect generative models.
+//!
+//! Argument parsing and wiring only; every command calls a library function of a
+//! family crate.
+mod config_file;
+mod vae_cmd;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use genlab_core::{DeviceSpec, Precision};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "genlab",
+    version,
+    about = "Train, sample and evaluate generative models on libtorch",
+    args_override_self = true,
+    after_help = "Examples:
+  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae
+  genlab vae sample --run runs/vae --n 64 --out samples.png
+  genlab info runs/vae
+  genlab data info fashion-mnist"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Variational autoencoders.
+    #[command(subcommand)]
+    Vae(vae_cmd::VaeCommand),
+    /// Datasets: describe, convert to HDF5, preview.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Show a run's or checkpoint's configuration, parameter count and tensors.
+    #[command(after_help = "Examples:\n  genlab info runs/vae\n  genlab info runs/vae/checkpoints/step-00002000")]
+    Info {
+        /// A run directory or a checkpoint folder.
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Count, image shape and classes of a dataset.
+    #[command(after_help = "Examples:\n  genlab data info mnist5k\n  genlab data info fashion-mnist:test")]
+    Info {
+        /// Built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test).
+        dataset: String,
+    },
+}
+
+/// Flags shared by every family's `train` (the CLI contract).
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Model preset.
+    #[arg(long)]
+    pub model: String,
+    /// Dataset: a built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test).
+    #[arg(long, default_value = "mnist5k")]
+    pub data: String,
+    /// Training steps (total, including steps done before a --resume).
+    #[arg(long)]
+    pub steps: u64,
+    /// Run directory: config, checkpoints, samples and metrics go here.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// auto, cpu, cuda, cuda:N or mps.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// fp32, bf16 or fp16 (mixed precision).
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A TOML file of flags (`steps = 500`, `batch-size = 64`); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Checkpoint every N steps (and always at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Write a sample grid every N steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    /// Log metrics every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl TrainArgs {
+    pub fn harness(&self) -> genlab_core::train::HarnessConfig {
+        genlab_core::train::HarnessConfig {
+            steps: self.steps,
+            out: self.out.clone(),
+            seed: self.seed,
+            resume: self.resume,
+            checkpoint_every: self.checkpoint_every,
+            sample_every: self.sample_every,
+            log_every: self.log_every,
+            keep_checkpoints: 3,
+            n_samples: 64,
+            progress: !self.no_progress,
+        }
+    }
+}
+
+/// Flags shared by every family's `sample`.
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Run directory (its newest checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Number of samples.
+    #[arg(long, default_value_t = 64)]
+    pub n: i64,
+    /// PATH.png: a grid; PATH.h5: HDF5 dataset `images` (uint8, N x C x H x W); else a folder of PNGs.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+fn info(path: &std::path::Path) -> Result<()> {
+    let ck = genlab_core::train::open_checkpoint(path)?;
+    println!("checkpoint: {}", ck.dir.display());
+    println!("step: {}", ck.step());
+    println!("config:\n{}", serde_json::to_string_pretty(&ck.config)?);
+    let mut groups: Vec<PathBuf> = std::fs::read_dir(&ck.dir)
+        .with_context(|| format!("reading {}", ck.dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    groups.sort();
+    for g in groups {
+        let tensors = genlab_core::checkpoint::read_safetensors(&g)?;
+        let total: i64 = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
+        let name = g.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("\n{name}: {} tensors, {total} values", tensors.len());
+        let mut tensors = tensors;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (n, t) in tensors {
+            println!("  {n:<50} {:?} {:?}", t.size(), t.kind());
+        }
+    }
+    println!("\ndevices: {}", genlab_core::device::describe());
+    Ok(())
+}
+
+fn main() {
+    let args = match config_file::expand(std::env::args_os().skip(1).collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(std::iter::once(std::ffi::OsString::from("genlab")).chain(args));
+    let result = match cli.command {
+        Command::Vae(c) => vae_cmd::run(c),
+        Command::Data(DataCommand::Info { dataset }) => genlab_data::open(&dataset).map(|d| println!("{}", d.describe())).map_err(Into::into),
+        Command::Info { path } => info(&path),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,18 @@
+/// Errors of the VAE family.
+#[derive(Debug, thiserror::Error)]
+pub enum VaeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("shape: {0}")]
+    Shape(String),
+    #[error("{path}: this checkpoint belongs to the `{found}` family, not `vae`")]
+    WrongFamily { path: std::path::PathBuf, found: String },
+    #[error(transparent)]
+    Core(#[from] genlab_core::CoreError),
+    #[error(transparent)]
+    Data(#[from] genlab_data::DataError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = VaeError> = std::result::Result<T, E>;

@@ -1,0 +1,131 @@
+//! The VAE training step, plugged into genlab-core's harness.
+use crate::error::{Result, VaeError};
+use crate::loss::{bernoulli_nll, bits_per_dim, gaussian_nll, kl_standard_normal, kl_weight, ElboTerms};
+use crate::model::{reparameterize, Likelihood, Vae, VaeConfig};
+use genlab_core::checkpoint::CheckpointReader;
+use genlab_core::optim::{Adam, AdamConfig};
+use genlab_core::train::{Batch, StepOutput, TrainTask};
+use genlab_core::Precision;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tch::{nn::VarStore, Device, Tensor};
+
+pub const FAMILY: &str = "vae";
+
+/// Everything `config.json` records about a VAE run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaeRunConfig {
+    pub family: String,
+    /// The preset name given to `--model`.
+    pub model: String,
+    pub vae: VaeConfig,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub precision: Precision,
+    pub data: String,
+}
+
+impl VaeRunConfig {
+    /// A run of preset `model` on data of `image_shape` (and `num_classes`, for conditional presets).
+    pub fn from_preset(model: &str, image_shape: [i64; 3], num_classes: Option<usize>, data: &str) -> Result<Self> {
+        let mut vae = VaeConfig::preset(model, image_shape)?;
+        if vae.num_classes.is_some() {
+            let k = num_classes.ok_or_else(|| VaeError::Config(format!("preset `{model}` is class-conditional but dataset `{data}` has no labels")))?;
+            vae.num_classes = Some(k as i64);
+        }
+        Ok(VaeRunConfig { family: FAMILY.into(), model: model.into(), vae, lr: 1e-3, batch_size: 128, precision: Precision::Fp32, data: data.into() })
+    }
+}
+
+/// The negative ELBO terms of a batch (one posterior sample).
+pub fn elbo_terms(model: &Vae, x: &Tensor, labels: Option<&Tensor>) -> Result<(ElboTerms, Tensor)> {
+    let (mu, logvar) = model.encode(x, labels)?;
+    let z = reparameterize(&mu, &logvar);
+    let out = model.decode(&z, labels)?;
+    let recon = match model.cfg.likelihood {
+        Likelihood::Bernoulli => bernoulli_nll(&out, &((x + 1.0) * 0.5)),
+        Likelihood::Gaussian { .. } => gaussian_nll(&out, x, &model.decoder_log_var().unwrap_or_else(|| Tensor::from(0.0))),
+    };
+    Ok((ElboTerms { recon, kl: kl_standard_normal(&mu, &logvar) }, out))
+}
+
+pub struct VaeTask {
+    pub vs: VarStore,
+    pub model: Vae,
+    pub opt: Adam,
+    pub run: VaeRunConfig,
+    device: Device,
+}
+
+impl VaeTask {
+    pub fn new(run: VaeRunConfig, device: Device) -> Result<Self> {
+        run.precision.validate(device)?;
+        let vs = VarStore::new(device);
+        let model = Vae::new(vs.root(), run.vae.clone())?;
+        let opt = Adam::new(&vs, AdamConfig::adam(run.lr))?;
+        Ok(VaeTask { vs, model, opt, run, device })
+    }
+}
+
+impl TrainTask for VaeTask {
+    fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
+        let to_core = |e: VaeError| genlab_core::CoreError::Other(e.to_string());
+        let (terms, _) = self
+            .run
+            .precision
+            .autocast(self.device, || elbo_terms(&self.model, &batch.images, batch.labels.as_ref()))
+            .map_err(to_core)?;
+        let w = kl_weight(self.model.cfg.beta, step, self.model.cfg.kl_warmup_steps);
+        let loss = terms.loss(w);
+        self.opt.backward_step(&loss);
+        let recon = terms.recon.mean(tch::Kind::Float).double_value(&[]);
+        let kl = terms.kl.mean(tch::Kind::Float).double_value(&[]);
+        let dims = self.model.cfg.data_dim();
+        Ok(StepOutput {
+            loss: loss.double_value(&[]),
+            metrics: vec![
+                ("recon".into(), recon),
+                ("kl".into(), kl),
+                ("neg_elbo_nats".into(), recon + kl),
+                ("bits_per_dim".into(), bits_per_dim(recon + kl, dims)),
+                ("kl_weight".into(), w),
+            ],
+        })
+    }
+
+    fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
+        crate::sample::sample_prior(&self.model, n, None).map_err(|e| genlab_core::CoreError::Other(e.to_string()))
+    }
+
+    fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
+        let mut g = BTreeMap::new();
+        g.insert("model".into(), self.vs.variables().into_iter().collect());
+        g.insert("optim".into(), self.opt.state_tensors());
+        g
+    }
+
+    fn restore(&mut self, ckpt: &CheckpointReader) -> genlab_core::Result<()> {
+        ckpt.load_group_into("model", &self.vs)?;
+        let st = ckpt.read_group("optim")?;
+        self.opt.load_state_tensors(&st)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.run).unwrap_or_default()
+    }
+}
+
+/// Load a trained VAE from a run directory or checkpoint folder.
+pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Vae, VaeRunConfig)> {
+    let ck = genlab_core::train::open_checkpoint(path)?;
+    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
+    if family != FAMILY {
+        return Err(VaeError::WrongFamily { path: path.to_path_buf(), found: family });
+    }
+    let run: VaeRunConfig = serde_json::from_value(ck.config.clone())
+        .map_err(|e| VaeError::Config(format!("{}: config.json is not a VAE configuration: {e}", ck.dir.display())))?;
+    let vs = VarStore::new(device);
+    let model = Vae::new(vs.root(), run.vae.clone())?;
+    ck.load_group_into("model", &vs)?;
+    Ok((vs, model, run))
+}
