@@ -105,6 +105,7 @@ impl TrainArgs {
         genlab_core::train::HarnessConfig {
             steps: self.steps,
             out: self.out.clone(),
+            stop: Default::default(),
             seed: self.seed,
             resume: self.resume,
             checkpoint_every: self.checkpoint_every,

@@ -39,6 +39,8 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let ds = genlab_data::open(&run.data)?;
     let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
+    // The initial weights are a function of the seed.
+    genlab_core::seed::manual_seed(a.seed as i64);
     let mut task = VaeTask::new(run, device)?;
     let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
     eprintln!(

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -82,6 +82,34 @@ pub struct HarnessConfig {
     pub keep_checkpoints: usize,
     pub n_samples: i64,
     pub progress: bool,
+    /// Set to ask the run to save and stop; by default the process-wide token that
+    /// Ctrl-C and SIGTERM set.
+    #[serde(skip)]
+    pub stop: StopToken,
+}
+
+/// A flag that asks a running harness to save a checkpoint and stop after the current step.
+#[derive(Debug, Clone)]
+pub struct StopToken(Arc<AtomicBool>);
+
+impl Default for StopToken {
+    /// The process-wide token set by Ctrl-C / SIGTERM (see [`install_stop_handler`]).
+    fn default() -> Self {
+        StopToken(Arc::clone(GLOBAL_STOP.get_or_init(|| Arc::new(AtomicBool::new(false)))))
+    }
+}
+
+impl StopToken {
+    /// A token of its own, not connected to signals.
+    pub fn new() -> Self {
+        StopToken(Arc::new(AtomicBool::new(false)))
+    }
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
 }
 
 impl HarnessConfig {
@@ -97,6 +125,7 @@ impl HarnessConfig {
             keep_checkpoints: 3,
             n_samples: 64,
             progress: true,
+            stop: StopToken::default(),
         }
     }
 }
@@ -170,21 +199,16 @@ pub fn open_checkpoint(path: &Path) -> Result<CheckpointReader> {
     RunDir::new(path).latest()
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+static GLOBAL_STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 static HANDLER: OnceLock<bool> = OnceLock::new();
 
-/// Install the Ctrl-C / SIGTERM handler (once per process) that asks the harness to stop.
+/// Install the Ctrl-C / SIGTERM handler (once per process) that sets the process-wide
+/// [`StopToken`]. Returns whether a handler is in place.
 pub fn install_stop_handler() -> bool {
-    *HANDLER.get_or_init(|| ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).is_ok())
-}
-
-/// Ask a running harness to save and stop at the end of the current step.
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn take_stop() -> bool {
-    STOP.swap(false, Ordering::SeqCst)
+    *HANDLER.get_or_init(|| {
+        let token = StopToken::default();
+        ctrlc::set_handler(move || token.request()).is_ok()
+    })
 }
 
 fn sample_seed(seed: u64) -> i64 {
@@ -250,7 +274,7 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
     checkpoint::write_atomic(&run.config_file(), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
     run.write_status(Status::Running, start, None)?;
     install_stop_handler();
-    let _ = take_stop();
+    let _ = cfg.stop.take();
 
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -312,7 +336,7 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
             bar.set_message(format!("loss {:.4}", out.loss));
         }
         bar.set_position(step);
-        let stop = take_stop();
+        let stop = cfg.stop.take();
         if cfg.sample_every > 0 && step % cfg.sample_every == 0 && step < cfg.steps {
             sample(task, step)?;
         }

@@ -29,6 +29,7 @@ impl VaeRunConfig {
     /// A run of preset `model` on data of `image_shape` (and `num_classes`, for conditional presets).
     pub fn from_preset(model: &str, image_shape: [i64; 3], num_classes: Option<usize>, data: &str) -> Result<Self> {
         let mut vae = VaeConfig::preset(model, image_shape)?;
+        vae.validate()?;
         if vae.num_classes.is_some() {
             let k = num_classes.ok_or_else(|| VaeError::Config(format!("preset `{model}` is class-conditional but dataset `{data}` has no labels")))?;
             vae.num_classes = Some(k as i64);

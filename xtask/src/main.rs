@@ -1,1 +1,105 @@
-fn main() {}
+//! `cargo xtask <task>`: project tasks that are not plain cargo commands.
+//!
+//! - `setup`: install what a fresh machine lacks (system packages with apt, a project-local
+//!   virtualenv with torch==2.13.0 for libtorch) and point `.libtorch` at it. Idempotent.
+//! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
+//! - `demo`: setup, then train each family's small default model on mnist5k and write grids
+//!   under `runs/demo`.
+//! - `bench optim`: the optimizer step beside PyTorch's from Python on the same model.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod bench;
+mod setup;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Run a command, streaming its output; fail with the command line if it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// A cargo command with the environment binaries must run in: no LD_LIBRARY_PATH (the
+/// rpath must be enough) and LIBTORCH as setup resolved it.
+pub(crate) fn cargo(libtorch: &Path) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).env_remove("LD_LIBRARY_PATH").env("LIBTORCH", libtorch);
+    c
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <task>
+  setup           install system packages and libtorch (torch==2.13.0 in .venv); idempotent
+  test            setup, then fmt --check, clippy -D warnings and the whole test suite
+  demo [--steps N]  setup, then train each family's default model on mnist5k (runs/demo)
+  bench optim     optimizer step time, genlab beside PyTorch from Python"
+    );
+    std::process::exit(2)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else { usage() };
+    match task.as_str() {
+        "setup" => {
+            setup::setup()?;
+        }
+        "test" => test()?,
+        "demo" => demo(&args[1..])?,
+        "bench" => {
+            let lt = setup::setup()?;
+            bench::run(&lt, &args[1..])?;
+        }
+        _ => usage(),
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    let lt = setup::setup()?;
+    let t0 = std::time::Instant::now();
+    run(cargo(&lt).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(&lt).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo(&lt).args(["test", "--workspace"]))?;
+    eprintln!("xtask test: all passed in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let steps = match args {
+        [] => 1500,
+        [flag, n] if flag == "--steps" => n.parse().context("--steps takes a number")?,
+        _ => bail!("usage: cargo xtask demo [--steps N]"),
+    };
+    let lt = setup::setup()?;
+    run(cargo(&lt).args(["build", "--release", "-p", "genlab"]))?;
+    let bin = root().join("target/release/genlab");
+    let out = root().join("runs/demo");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let steps = steps.to_string();
+    let t0 = std::time::Instant::now();
+    // VAE: the convolutional preset on the built-in MNIST subset.
+    let vae = out.join("vae");
+    run(Command::new(&bin)
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["vae", "train", "--model", "conv", "--data", "mnist5k", "--steps", &steps, "--device", "cpu", "--sample-every", "500"])
+        .arg("--out")
+        .arg(&vae))?;
+    run(Command::new(&bin).env_remove("LD_LIBRARY_PATH").args(["vae", "sample", "--n", "64", "--seed", "1", "--run"]).arg(&vae).arg("--out").arg(out.join("vae-samples.png")))?;
+    eprintln!("\ndemo finished in {:.0} s; sample grids:", t0.elapsed().as_secs_f64());
+    eprintln!("  {}", out.join("vae-samples.png").display());
+    eprintln!("  {}/samples/", vae.display());
+    Ok(())
+}

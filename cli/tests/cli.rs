@@ -1,0 +1,134 @@
+//! End to end through the `genlab` binary: the CLI contract, config files, Ctrl-C, resume.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn genlab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genlab"));
+    // Binaries must run without LD_LIBRARY_PATH (rpath).
+    c.env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_genlab"))
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "genlab failed: {text}");
+    text
+}
+
+fn fail(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "genlab should have failed");
+    assert!(!text.contains("panicked"), "panic instead of an error: {text}");
+    text
+}
+
+fn train(out: &Path, extra: &[&str]) -> Command {
+    let mut c = genlab();
+    c.args(["vae", "train", "--model", "mlp", "--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "32"]).arg("--out").arg(out).args(extra);
+    c
+}
+
+#[test]
+fn train_sample_info_in_every_output_format() {
+    assert!(bin_path().exists());
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(train(&run, &["--steps", "20", "--checkpoint-every", "10"]).output().unwrap());
+    for (name, check) in [("grid.png", 0), ("s.h5", 1), ("folder", 2)] {
+        let p = tmp.path().join(name);
+        ok(genlab().args(["vae", "sample", "--n", "6", "--run"]).arg(&run).arg("--out").arg(&p).output().unwrap());
+        match check {
+            0 => assert!(std::fs::metadata(&p).unwrap().len() > 100),
+            1 => assert!(std::fs::read(&p).unwrap().starts_with(b"\x89HDF")),
+            _ => assert_eq!(std::fs::read_dir(&p).unwrap().count(), 6),
+        }
+    }
+    let info = ok(genlab().arg("info").arg(&run).output().unwrap());
+    assert!(info.contains("step: 20") && info.contains("fc_mu.weight") && info.contains("\"family\": \"vae\""), "{info}");
+    let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+    assert!(status.contains("finished"));
+}
+
+#[test]
+fn config_file_sets_flags_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "steps = 4\nbatch_size = 16\nlr = 0.005\nno-progress = true\n").unwrap();
+    let run = tmp.path().join("r");
+    ok(genlab().args(["vae", "train", "--model", "mlp", "--data", "digits", "--device", "cpu", "--config"]).arg(&cfg).args(["--batch-size", "8", "--out"]).arg(&run).output().unwrap());
+    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(conf["batch_size"], 8, "the flag overrides the file");
+    assert_eq!(conf["lr"], 0.005, "the file sets what flags do not");
+    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["step"], 4);
+    std::fs::write(&cfg, "steps = [1, 2]\n").unwrap();
+    let e = fail(genlab().args(["vae", "train", "--config"]).arg(&cfg).output().unwrap());
+    assert!(e.contains("run.toml") && e.contains("steps"), "{e}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = fail(train(&tmp.path().join("x"), &["--steps", "2", "--device", "cuda:7"]).output().unwrap());
+    assert!(e.contains("cuda:7"), "{e}");
+    let e = fail(genlab().args(["vae", "train", "--model", "mlp", "--data", "nope", "--steps", "2", "--out"]).arg(tmp.path().join("y")).output().unwrap());
+    assert!(e.contains("unknown dataset `nope`"), "{e}");
+    let e = fail(genlab().args(["vae", "sample", "--n", "4", "--out", "a.png", "--run"]).arg(tmp.path().join("missing")).output().unwrap());
+    assert!(e.contains("missing"), "{e}");
+    let e = fail(train(&tmp.path().join("z"), &["--steps", "2", "--precision", "fp8"]).output().unwrap());
+    assert!(e.contains("fp8"), "{e}");
+    let e = fail(train(&tmp.path().join("w"), &["--steps", "2", "--precision", "fp16"]).output().unwrap());
+    assert!(e.contains("fp16") && e.contains("CUDA"), "{e}");
+}
+
+#[test]
+fn ctrl_c_saves_a_loadable_checkpoint_and_resume_finishes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut child = train(&run, &["--steps", "1000000", "--checkpoint-every", "1000000", "--log-every", "1"]).spawn().unwrap();
+    // Wait until training is under way.
+    let t0 = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "genlab did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "Ctrl-C should exit cleanly, got {status}");
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(st["status"], "stopped");
+    let stopped_at = st["step"].as_u64().unwrap();
+    assert!(stopped_at >= 5);
+    let info = ok(genlab().arg("info").arg(&run).output().unwrap());
+    assert!(info.contains(&format!("step: {stopped_at}")), "{info}");
+    // Resume to a few steps past the interruption.
+    let target = (stopped_at + 3).to_string();
+    ok(train(&run, &["--steps", &target, "--resume"]).output().unwrap());
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(st["status"], "finished");
+    assert_eq!(st["step"].as_u64().unwrap(), stopped_at + 3);
+}
+
+#[test]
+fn cli_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(train(&a, &["--steps", "24", "--seed", "3"]).output().unwrap());
+    ok(train(&b, &["--steps", "11", "--seed", "3"]).output().unwrap());
+    ok(train(&b, &["--steps", "24", "--seed", "3", "--resume"]).output().unwrap());
+    let w = |p: &Path| std::fs::read(p.join("checkpoints/step-00000024/model.safetensors")).unwrap();
+    assert!(w(&a) == w(&b), "resumed run differs from the uninterrupted one");
+}

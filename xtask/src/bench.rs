@@ -1,0 +1,49 @@
+//! `cargo xtask bench ...`: genlab beside PyTorch from Python on the same work and machine.
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("optim") => optim(libtorch),
+        _ => bail!("usage: cargo xtask bench optim"),
+    }
+}
+
+fn optim(libtorch: &Path) -> Result<()> {
+    let root = crate::root();
+    let py = crate::setup::python_packages(&root, &[&format!("torch=={}", crate::setup::TORCH_VERSION)])?;
+    let rust = parse(&output(crate::cargo(libtorch).args(["bench", "-q", "-p", "genlab-core", "--bench", "optim"]))?);
+    let python = parse(&output(Command::new(py).arg(root.join("bench/optim.py")))?);
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().with_context(|| format!("benchmark printed no `{k}`"));
+    println!("784-256-10 MLP, batch 128, Adam, 200 steps, 2 threads (seconds; ratio = PyTorch / genlab, above 1 means genlab is faster)");
+    println!("| what | PyTorch (Python) | genlab flat Adam | ratio | tch nn::Adam | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for (what, key) in [("training step", "train_steps"), ("optimizer step only", "optimizer_only")] {
+        let p = get(&python, &format!("pytorch_{key}"))?;
+        let g = get(&rust, &format!("genlab_{key}"))?;
+        let t = get(&rust, &format!("tch_{key}"))?;
+        println!("| {what} | {p:.4} | {g:.4} | {:.2}x | {t:.4} | {:.2}x |", p / g, p / t);
+    }
+    Ok(())
+}
