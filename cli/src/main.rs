@@ -174,7 +174,9 @@ fn main() {
     let cli = Cli::parse_from(std::iter::once(std::ffi::OsString::from("genlab")).chain(args));
     let result = match cli.command {
         Command::Vae(c) => vae_cmd::run(c),
-        Command::Data(DataCommand::Info { dataset }) => genlab_data::open(&dataset).map(|d| println!("{}", d.describe())).map_err(Into::into),
+        Command::Data(DataCommand::Info { dataset }) => {
+            genlab_data::open(&dataset).map(|d| println!("{}", d.describe())).map_err(Into::into)
+        }
         Command::Info { path } => info(&path),
     };
     if let Err(e) = result {

@@ -8,10 +8,14 @@ use genlab_vae::train::{VaeRunConfig, VaeTask};
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
     /// Train a VAE (presets: mlp, conv, conv-large, beta-vae, cvae).
-    #[command(after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae train --model mlp --data digits --steps 500 --out runs/vae-digits --batch-size 64 --lr 2e-3\n  genlab vae train --config vae.toml --resume")]
+    #[command(
+        after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae train --model mlp --data digits --steps 500 --out runs/vae-digits --batch-size 64 --lr 2e-3\n  genlab vae train --config vae.toml --resume"
+    )]
     Train(TrainArgs),
     /// Sample from a trained VAE's prior.
-    #[command(after_help = "Examples:\n  genlab vae sample --run runs/vae --n 64 --out grid.png\n  genlab vae sample --run runs/vae --n 1000 --out samples.h5 --seed 1")]
+    #[command(
+        after_help = "Examples:\n  genlab vae sample --run runs/vae --n 64 --out grid.png\n  genlab vae sample --run runs/vae --n 1000 --out samples.h5 --seed 1"
+    )]
     Sample(SampleArgs),
 }
 
@@ -27,7 +31,8 @@ fn train(a: TrainArgs) -> Result<()> {
     let run = if a.resume && a.out.join("config.json").is_file() {
         // The run's own configuration wins: the model must match its checkpoints.
         let text = std::fs::read_to_string(a.out.join("config.json"))?;
-        serde_json::from_str::<VaeRunConfig>(&text).with_context(|| format!("{}: not a VAE run configuration", a.out.join("config.json").display()))?
+        serde_json::from_str::<VaeRunConfig>(&text)
+            .with_context(|| format!("{}: not a VAE run configuration", a.out.join("config.json").display()))?
     } else {
         let ds = genlab_data::open(&a.data)?;
         let [c, h, w] = ds.shape();

@@ -29,7 +29,22 @@ fn fail(out: Output) -> String {
 
 fn train(out: &Path, extra: &[&str]) -> Command {
     let mut c = genlab();
-    c.args(["vae", "train", "--model", "mlp", "--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "32"]).arg("--out").arg(out).args(extra);
+    c.args([
+        "vae",
+        "train",
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        "32",
+    ])
+    .arg("--out")
+    .arg(out)
+    .args(extra);
     c
 }
 
@@ -49,7 +64,10 @@ fn train_sample_info_in_every_output_format() {
         }
     }
     let info = ok(genlab().arg("info").arg(&run).output().unwrap());
-    assert!(info.contains("step: 20") && info.contains("fc_mu.weight") && info.contains("\"family\": \"vae\""), "{info}");
+    assert!(
+        info.contains("step: 20") && info.contains("fc_mu.weight") && info.contains("\"family\": \"vae\""),
+        "{info}"
+    );
     let status = std::fs::read_to_string(run.join("status.json")).unwrap();
     assert!(status.contains("finished"));
 }
@@ -60,11 +78,19 @@ fn config_file_sets_flags_and_flags_override_it() {
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "steps = 4\nbatch_size = 16\nlr = 0.005\nno-progress = true\n").unwrap();
     let run = tmp.path().join("r");
-    ok(genlab().args(["vae", "train", "--model", "mlp", "--data", "digits", "--device", "cpu", "--config"]).arg(&cfg).args(["--batch-size", "8", "--out"]).arg(&run).output().unwrap());
-    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    ok(genlab()
+        .args(["vae", "train", "--model", "mlp", "--data", "digits", "--device", "cpu", "--config"])
+        .arg(&cfg)
+        .args(["--batch-size", "8", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap());
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(conf["batch_size"], 8, "the flag overrides the file");
     assert_eq!(conf["lr"], 0.005, "the file sets what flags do not");
-    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
     assert_eq!(status["step"], 4);
     std::fs::write(&cfg, "steps = [1, 2]\n").unwrap();
     let e = fail(genlab().args(["vae", "train", "--config"]).arg(&cfg).output().unwrap());
@@ -76,9 +102,21 @@ fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let e = fail(train(&tmp.path().join("x"), &["--steps", "2", "--device", "cuda:7"]).output().unwrap());
     assert!(e.contains("cuda:7"), "{e}");
-    let e = fail(genlab().args(["vae", "train", "--model", "mlp", "--data", "nope", "--steps", "2", "--out"]).arg(tmp.path().join("y")).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["vae", "train", "--model", "mlp", "--data", "nope", "--steps", "2", "--out"])
+            .arg(tmp.path().join("y"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("unknown dataset `nope`"), "{e}");
-    let e = fail(genlab().args(["vae", "sample", "--n", "4", "--out", "a.png", "--run"]).arg(tmp.path().join("missing")).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["vae", "sample", "--n", "4", "--out", "a.png", "--run"])
+            .arg(tmp.path().join("missing"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("missing"), "{e}");
     let e = fail(train(&tmp.path().join("z"), &["--steps", "2", "--precision", "fp8"]).output().unwrap());
     assert!(e.contains("fp8"), "{e}");
@@ -90,7 +128,8 @@ fn bad_input_gives_clear_errors() {
 fn ctrl_c_saves_a_loadable_checkpoint_and_resume_finishes_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut child = train(&run, &["--steps", "1000000", "--checkpoint-every", "1000000", "--log-every", "1"]).spawn().unwrap();
+    let mut child =
+        train(&run, &["--steps", "1000000", "--checkpoint-every", "1000000", "--log-every", "1"]).spawn().unwrap();
     // Wait until training is under way.
     let t0 = Instant::now();
     while std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 5 {
@@ -108,7 +147,8 @@ fn ctrl_c_saves_a_loadable_checkpoint_and_resume_finishes_the_run() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "Ctrl-C should exit cleanly, got {status}");
-    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
     assert_eq!(st["status"], "stopped");
     let stopped_at = st["step"].as_u64().unwrap();
     assert!(stopped_at >= 5);
@@ -117,7 +157,8 @@ fn ctrl_c_saves_a_loadable_checkpoint_and_resume_finishes_the_run() {
     // Resume to a few steps past the interruption.
     let target = (stopped_at + 3).to_string();
     ok(train(&run, &["--steps", &target, "--resume"]).output().unwrap());
-    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
     assert_eq!(st["status"], "finished");
     assert_eq!(st["step"].as_u64().unwrap(), stopped_at + 3);
 }

@@ -11,7 +11,12 @@ const WARMUP: usize = 20;
 
 fn model(vs: &nn::VarStore) -> impl Module {
     let r = vs.root();
-    nn::seq().add(nn::linear(&r / "fc1", 784, 256, Default::default())).add_fn(|x| x.relu()).add(nn::linear(&r / "fc2", 256, 10, Default::default()))
+    nn::seq().add(nn::linear(&r / "fc1", 784, 256, Default::default())).add_fn(|x| x.relu()).add(nn::linear(
+        &r / "fc2",
+        256,
+        10,
+        Default::default(),
+    ))
 }
 
 fn main() {
@@ -25,7 +30,7 @@ fn main() {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = model(&vs);
     let mut opt = Adam::new(&vs, AdamConfig::adam(1e-3)).expect("optimizer");
-    let mut step = |opt: &mut Adam| {
+    let step = |opt: &mut Adam| {
         let loss = net.forward(&x).cross_entropy_for_logits(&y);
         opt.backward_step(&loss);
     };

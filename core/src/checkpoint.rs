@@ -94,10 +94,7 @@ pub fn load_var_store(vs: &VarStore, path: &Path) -> Result<()> {
 pub fn load_named_into(expected: &HashMap<String, Tensor>, found: &[(String, Tensor)], path: &Path) -> Result<()> {
     let report = compare_keys(expected, found);
     if !report.is_empty() {
-        return Err(CoreError::KeyMismatch {
-            path: path.to_path_buf(),
-            report: report.to_string(),
-        });
+        return Err(CoreError::KeyMismatch { path: path.to_path_buf(), report: report.to_string() });
     }
     tch::no_grad(|| {
         for (name, src) in found {
@@ -112,10 +109,8 @@ pub fn load_named_into(expected: &HashMap<String, Tensor>, found: &[(String, Ten
 /// Write named tensors as safetensors to `path`, atomically.
 pub fn write_safetensors_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let tmp = tmp_sibling(path);
-    let contiguous: Vec<(String, Tensor)> = named
-        .iter()
-        .map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+    let contiguous: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&contiguous, &tmp).map_err(|e| CoreError::file(&tmp, e.to_string()))?;
     fsync_file(&tmp)?;
     fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
@@ -297,11 +292,7 @@ impl CheckpointReader {
             let bytes = fs::read(&p).map_err(|e| CoreError::io(&p, e))?;
             serde_json::from_slice(&bytes).map_err(|e| CoreError::file(&p, format!("invalid JSON: {e}")))
         };
-        Ok(CheckpointReader {
-            dir: dir.to_path_buf(),
-            state: read_json(STATE_FILE)?,
-            config: read_json(CONFIG_FILE)?,
-        })
+        Ok(CheckpointReader { dir: dir.to_path_buf(), state: read_json(STATE_FILE)?, config: read_json(CONFIG_FILE)? })
     }
 
     pub fn has_group(&self, group: &str) -> bool {
@@ -412,7 +403,11 @@ mod tests {
             let mut n = 0;
             let mut hook = |_: &Path| -> Result<()> {
                 n += 1;
-                if n > fail_at { Err(CoreError::Other("killed".into())) } else { Ok(()) }
+                if n > fail_at {
+                    Err(CoreError::Other("killed".into()))
+                } else {
+                    Ok(())
+                }
             };
             assert!(save_checkpoint_with_hook(dir.path(), 2, &data_of(&vs, 2), 3, &mut hook).is_err());
             assert_eq!(latest_checkpoint(dir.path()).unwrap(), good);

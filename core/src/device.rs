@@ -25,10 +25,7 @@ impl FromStr for DeviceSpec {
     type Err = CoreError;
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
-        let bad = |reason: &str| CoreError::Device {
-            spec: s.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| CoreError::Device { spec: s.to_string(), reason: reason.to_string() };
         match t.as_str() {
             "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
@@ -84,11 +81,7 @@ impl Availability {
     pub fn probe() -> Self {
         Availability {
             libtorch_has_cuda: libtorch_cuda_loaded(),
-            cuda_devices: if tch::Cuda::is_available() {
-                tch::Cuda::device_count().max(0) as usize
-            } else {
-                0
-            },
+            cuda_devices: if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 },
             mps: tch::utils::has_mps(),
         }
     }
@@ -113,10 +106,7 @@ impl DeviceSpec {
 
     /// Resolve against a given availability (testable without a GPU).
     pub fn resolve_with(self, avail: &Availability) -> Result<Device> {
-        let err = |reason: String| CoreError::Device {
-            spec: self.to_string(),
-            reason,
-        };
+        let err = |reason: String| CoreError::Device { spec: self.to_string(), reason };
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Auto => Ok(if avail.cuda_devices > 0 {
@@ -131,7 +121,7 @@ impl DeviceSpec {
                     Ok(Device::Mps)
                 } else {
                     Err(err(
-                        "MPS is not available: it needs macOS on Apple silicon and a libtorch built with MPS".into(),
+                        "MPS is not available: it needs macOS on Apple silicon and a libtorch built with MPS".into()
                     ))
                 }
             }

@@ -67,7 +67,8 @@ impl Ema {
     }
 
     pub fn load_state_tensors(&mut self, named: &[(String, Tensor)], origin: &std::path::Path) -> Result<()> {
-        let expected: HashMap<String, Tensor> = self.entries.iter().map(|(n, _, s)| (n.clone(), s.shallow_clone())).collect();
+        let expected: HashMap<String, Tensor> =
+            self.entries.iter().map(|(n, _, s)| (n.clone(), s.shallow_clone())).collect();
         load_named_into(&expected, named, origin)
     }
 

@@ -25,12 +25,7 @@ pub enum CoreError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("training diverged at step {step}: {what} is {value}; the last good checkpoint is {last_good}")]
-    NonFinite {
-        step: u64,
-        what: String,
-        value: f64,
-        last_good: String,
-    },
+    NonFinite { step: u64, what: String, value: f64, last_good: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("hdf5 {path}: {message}")]
@@ -43,15 +38,9 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io {
-            path: path.into(),
-            source,
-        }
+        CoreError::Io { path: path.into(), source }
     }
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        CoreError::File {
-            path: path.into(),
-            message: message.into(),
-        }
+        CoreError::File { path: path.into(), message: message.into() }
     }
 }

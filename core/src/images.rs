@@ -19,9 +19,7 @@ fn check_images(images: &Tensor) -> Result<(i64, i64, i64, i64)> {
     let s = images.size();
     match s.as_slice() {
         &[n, c, h, w] if matches!(c, 1 | 3 | 4) && n > 0 => Ok((n, c, h, w)),
-        _ => Err(CoreError::Shape(format!(
-            "expected a non-empty image batch [n, 1|3|4, h, w], got {s:?}"
-        ))),
+        _ => Err(CoreError::Shape(format!("expected a non-empty image batch [n, 1|3|4, h, w], got {s:?}"))),
     }
 }
 
@@ -76,7 +74,10 @@ pub fn save_h5(images_u8: &Tensor, path: &Path, labels: Option<&[i64]>) -> Resul
     let file = hdf5::File::create(path).map_err(h5err)?;
     let ds = file.new_dataset_builder().with_data(&arr).create("images").map_err(h5err)?;
     let layout: hdf5::types::VarLenUnicode = "NCHW".parse().map_err(|_| CoreError::Other("attribute".into()))?;
-    ds.new_attr::<hdf5::types::VarLenUnicode>().create("layout").and_then(|a| a.write_scalar(&layout)).map_err(h5err)?;
+    ds.new_attr::<hdf5::types::VarLenUnicode>()
+        .create("layout")
+        .and_then(|a| a.write_scalar(&layout))
+        .map_err(h5err)?;
     ds.new_attr::<u8>().create("max_value").and_then(|a| a.write_scalar(&255u8)).map_err(h5err)?;
     if let Some(l) = labels {
         if l.len() != n as usize {
@@ -140,7 +141,10 @@ mod tests {
     #[test]
     fn grid_places_image_i_at_row_i_div_ncol() {
         // 10 images, each filled with its own index, on a 4-wide grid.
-        let imgs = Tensor::arange(10, (Kind::Uint8, Device::Cpu)).view([10, 1, 1, 1]).expand([10, 1, 3, 3], false).contiguous();
+        let imgs = Tensor::arange(10, (Kind::Uint8, Device::Cpu))
+            .view([10, 1, 1, 1])
+            .expand([10, 1, 3, 3], false)
+            .contiguous();
         let g = make_grid(&imgs, 4, 1).unwrap();
         assert_eq!(g.size(), [1, 3 * 4 + 1, 4 * 4 + 1]);
         for i in 0..12i64 {

@@ -112,7 +112,7 @@ impl ResnetBlock2D {
     pub fn forward_t(&self, xs: &Tensor, temb: Option<&Tensor>, train: bool) -> Tensor {
         let mut h = self.conv1.forward(&self.norm1.forward(xs).silu());
         if let (Some(p), Some(t)) = (&self.time_emb_proj, temb) {
-            h = h + p.forward(&t.silu()).unsqueeze(-1).unsqueeze(-1);
+            h += p.forward(&t.silu()).unsqueeze(-1).unsqueeze(-1);
         }
         let h = self.norm2.forward(&h).silu().dropout(self.dropout, train);
         let h = self.conv2.forward(&h);
@@ -184,7 +184,8 @@ impl Module for SpatialSelfAttention {
 pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, downscale_freq_shift: f64) -> Tensor {
     let half = dim / 2;
     let device = timesteps.device();
-    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln())) / (half as f64 - downscale_freq_shift);
+    let exponent =
+        Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln())) / (half as f64 - downscale_freq_shift);
     let freqs = exponent.exp();
     let args = timesteps.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
     let emb = Tensor::cat(&[args.sin(), args.cos()], -1);

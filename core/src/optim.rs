@@ -46,12 +46,7 @@ impl AdamConfig {
     }
     /// PyTorch's `torch.optim.AdamW` defaults (weight decay 0.01).
     pub fn adamw(lr: f64, weight_decay: f64) -> Self {
-        AdamConfig {
-            lr,
-            weight_decay,
-            decoupled_weight_decay: true,
-            ..Default::default()
-        }
+        AdamConfig { lr, weight_decay, decoupled_weight_decay: true, ..Default::default() }
     }
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
         self.beta1 = beta1;
@@ -105,11 +100,7 @@ impl Adam {
     /// Take over the trainable variables of `vs` (sorted by name). Build it after the
     /// VarStore has reached its device and dtype: the variables become views of the flat buffer.
     pub fn new(vs: &VarStore, cfg: AdamConfig) -> Result<Self> {
-        let mut named: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         if named.is_empty() {
             return Err(CoreError::Config("optimizer: the VarStore has no trainable variables".into()));
@@ -137,22 +128,16 @@ impl Adam {
                 p.set_data(&pv);
                 let mut gv = grads.narrow(0, off, n).view(shape.as_slice());
                 if !shim::set_grad(&mut p, &mut gv) {
-                    return Err(CoreError::Other(format!("optimizer: could not attach the gradient buffer to `{name}`")));
+                    return Err(CoreError::Other(format!(
+                        "optimizer: could not attach the gradient buffer to `{name}`"
+                    )));
                 }
                 slots.push(Slot { name, param: p, grad_view: gv });
                 off += n;
             }
             Ok(())
         })?;
-        Ok(Adam {
-            cfg,
-            slots,
-            exp_avg: params.zeros_like(),
-            exp_avg_sq: params.zeros_like(),
-            params,
-            grads,
-            step: 0,
-        })
+        Ok(Adam { cfg, slots, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), params, grads, step: 0 })
     }
 
     pub fn config(&self) -> &AdamConfig {
@@ -266,9 +251,7 @@ impl Adam {
         for (name, dst) in &expected {
             match map.get(name.as_str()) {
                 None => report.missing.push(name.clone()),
-                Some(src) if src.size() != dst.size() => {
-                    report.mismatched.push((name.clone(), dst.size(), src.size()))
-                }
+                Some(src) if src.size() != dst.size() => report.mismatched.push((name.clone(), dst.size(), src.size())),
                 Some(_) => {}
             }
         }
@@ -315,11 +298,20 @@ mod tests {
     fn check(cfg: AdamConfig) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = nn::seq().add(nn::linear(vs.root() / "a", 5, 7, Default::default())).add_fn(|x| x.tanh()).add(nn::linear(vs.root() / "b", 7, 3, Default::default()));
+        let net = nn::seq()
+            .add(nn::linear(vs.root() / "a", 5, 7, Default::default()))
+            .add_fn(|x| x.tanh())
+            .add(nn::linear(vs.root() / "b", 7, 3, Default::default()));
         let x = Tensor::randn([16, 5], (Kind::Float, Device::Cpu));
         let y = Tensor::randn([16, 3], (Kind::Float, Device::Cpu));
         let mut opt = Adam::new(&vs, cfg).unwrap();
-        let flat = |t: &Tensor| Vec::<f32>::try_from(t.detach().to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect::<Vec<f64>>();
+        let flat = |t: &Tensor| {
+            Vec::<f32>::try_from(t.detach().to_kind(Kind::Float))
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<f64>>()
+        };
         let mut p = flat(opt.flat_params());
         let mut m = vec![0.0; p.len()];
         let mut v = vec![0.0; p.len()];

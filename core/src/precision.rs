@@ -45,9 +45,9 @@ impl Precision {
             (Precision::Fp16, Device::Cpu) => Err(CoreError::Config(
                 "fp16 mixed precision needs a CUDA device; on CPU use --precision bf16 or fp32".into(),
             )),
-            (Precision::Bf16 | Precision::Fp16, Device::Mps) => Err(CoreError::Config(
-                "mixed precision is not supported on MPS here; use --precision fp32".into(),
-            )),
+            (Precision::Bf16 | Precision::Fp16, Device::Mps) => {
+                Err(CoreError::Config("mixed precision is not supported on MPS here; use --precision fp32".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -123,13 +123,7 @@ pub struct GradScaler {
 
 impl Default for GradScaler {
     fn default() -> Self {
-        GradScaler {
-            scale: 65536.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 2000,
-            good_steps: 0,
-        }
+        GradScaler { scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000, good_steps: 0 }
     }
 }
 
@@ -170,7 +164,6 @@ impl GradScaler {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -178,7 +178,8 @@ impl RunDir {
 
     /// The newest complete checkpoint of this run.
     pub fn latest(&self) -> Result<CheckpointReader> {
-        let p = checkpoint::latest_checkpoint(&self.checkpoints()).ok_or_else(|| CoreError::NoCheckpoint(self.checkpoints()))?;
+        let p = checkpoint::latest_checkpoint(&self.checkpoints())
+            .ok_or_else(|| CoreError::NoCheckpoint(self.checkpoints()))?;
         CheckpointReader::open(&p)
     }
 
@@ -281,11 +282,7 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         .append(true)
         .open(run.metrics())
         .map_err(|e| CoreError::io(run.metrics(), e))?;
-    let bar = if cfg.progress {
-        indicatif::ProgressBar::new(cfg.steps)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -319,7 +316,10 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
             .find(|(_, v)| !v.is_finite());
         if let Some((what, value)) = bad {
             bar.abandon();
-            let last_good = last_ckpt.as_ref().map(|p: &PathBuf| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint was written yet)".into());
+            let last_good = last_ckpt
+                .as_ref()
+                .map(|p: &PathBuf| p.display().to_string())
+                .unwrap_or_else(|| "none (no checkpoint was written yet)".into());
             let msg = format!("{what} is {value} at step {step}");
             run.write_status(Status::Failed, step, Some(&msg))?;
             return Err(CoreError::NonFinite { step, what, value, last_good });
@@ -344,7 +344,12 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
             metrics.flush().map_err(|e| CoreError::io(run.metrics(), e))?;
             last_ckpt = Some(save(task, step)?);
             if !cfg.progress {
-                eprintln!("step {step}/{}: loss {:.5}, checkpoint {}", cfg.steps, out.loss, last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+                eprintln!(
+                    "step {step}/{}: loss {:.5}, checkpoint {}",
+                    cfg.steps,
+                    out.loss,
+                    last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                );
             }
         }
         if stop {

@@ -79,7 +79,14 @@ impl TrainTask for Task {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn cfg(out: &std::path::Path, steps: u64) -> HarnessConfig {
-    HarnessConfig { checkpoint_every: 7, sample_every: 0, log_every: 1, progress: false, seed: 5, ..HarnessConfig::new(out, steps) }
+    HarnessConfig {
+        checkpoint_every: 7,
+        sample_every: 0,
+        log_every: 1,
+        progress: false,
+        seed: 5,
+        ..HarnessConfig::new(out, steps)
+    }
 }
 
 fn weights(dir: &std::path::Path) -> Vec<u8> {
@@ -98,7 +105,8 @@ fn resume_ends_bit_identical_to_an_uninterrupted_run() {
     tch::manual_seed(1);
     let part = train::run(&mut Task::new(), &mut Source { step: 0 }, &cfg(&b, 17)).unwrap();
     assert_eq!(part.step, 17);
-    let resumed = train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { resume: true, ..cfg(&b, 30) }).unwrap();
+    let resumed =
+        train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { resume: true, ..cfg(&b, 30) }).unwrap();
     assert_eq!(resumed.step, 30);
     let wa = weights(full.last_checkpoint.as_ref().unwrap());
     let wb = weights(resumed.last_checkpoint.as_ref().unwrap());
@@ -108,12 +116,16 @@ fn resume_ends_bit_identical_to_an_uninterrupted_run() {
     assert!(oa == ob);
     // The metrics file has each step once.
     let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
     // A different seed changes the result (the test can fail).
     let c = tmp.path().join("c");
     tch::manual_seed(1);
-    let other = train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { seed: 6, ..cfg(&c, 30) }).unwrap();
+    let other =
+        train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { seed: 6, ..cfg(&c, 30) }).unwrap();
     assert!(weights(&other.last_checkpoint.unwrap()) != wa);
 }
 
@@ -139,12 +151,19 @@ fn a_nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 fn refuses_to_overwrite_and_to_resume_nothing() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let e = train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { resume: true, ..cfg(tmp.path(), 3) }).unwrap_err();
+    let e =
+        train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { resume: true, ..cfg(tmp.path(), 3) })
+            .unwrap_err();
     assert!(e.to_string().contains("no checkpoint"), "{e}");
     train::run(&mut Task::new(), &mut Source { step: 0 }, &cfg(tmp.path(), 3)).unwrap();
     let e = train::run(&mut Task::new(), &mut Source { step: 0 }, &cfg(tmp.path(), 3)).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
-    let e = train::run(&mut Task::new(), &mut Source { step: 0 }, &HarnessConfig { resume: true, seed: 99, ..cfg(tmp.path(), 6) }).unwrap_err();
+    let e = train::run(
+        &mut Task::new(),
+        &mut Source { step: 0 },
+        &HarnessConfig { resume: true, seed: 99, ..cfg(tmp.path(), 6) },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--seed 5"), "{e}");
 }
 

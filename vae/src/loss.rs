@@ -17,7 +17,11 @@ pub fn kl_standard_normal(mu: &Tensor, logvar: &Tensor) -> Tensor {
 /// # Shapes
 /// - all: [batch, latent] -> [batch]
 pub fn kl_gaussians(mu1: &Tensor, logvar1: &Tensor, mu2: &Tensor, logvar2: &Tensor) -> Tensor {
-    ((logvar2 - logvar1 + (logvar1.exp() + (mu1 - mu2).square()) / logvar2.exp() - 1.0) * 0.5).sum_dim_intlist(-1, false, Kind::Float)
+    ((logvar2 - logvar1 + (logvar1.exp() + (mu1 - mu2).square()) / logvar2.exp() - 1.0) * 0.5).sum_dim_intlist(
+        -1,
+        false,
+        Kind::Float,
+    )
 }
 
 /// -log p(x | z) for Bernoulli pixels given logits; `x01` in [0, 1].
@@ -36,9 +40,11 @@ pub fn bernoulli_nll(logits: &Tensor, x01: &Tensor) -> Tensor {
 /// # Shapes
 /// - `mean`, `x`: [batch, ...]; `log_var`: broadcastable -> [batch]
 pub fn gaussian_nll(mean: &Tensor, x: &Tensor, log_var: &Tensor) -> Tensor {
-    (((x - mean).square() / log_var.exp() + log_var + LN_2PI) * 0.5)
-        .flatten(1, -1)
-        .sum_dim_intlist(-1, false, Kind::Float)
+    (((x - mean).square() / log_var.exp() + log_var + LN_2PI) * 0.5).flatten(1, -1).sum_dim_intlist(
+        -1,
+        false,
+        Kind::Float,
+    )
 }
 
 /// The ELBO's parts for a batch, per sample, in nats.
@@ -104,7 +110,10 @@ mod tests {
     #[test]
     fn likelihoods_by_hand() {
         // Bernoulli: logits 0 means p = 1/2 whatever x: ln 2 per pixel.
-        let nll = bernoulli_nll(&Tensor::zeros([2, 1, 2, 2], (Kind::Float, Device::Cpu)), &Tensor::ones([2, 1, 2, 2], (Kind::Float, Device::Cpu)));
+        let nll = bernoulli_nll(
+            &Tensor::zeros([2, 1, 2, 2], (Kind::Float, Device::Cpu)),
+            &Tensor::ones([2, 1, 2, 2], (Kind::Float, Device::Cpu)),
+        );
         assert!((nll.double_value(&[1]) - 4.0 * std::f64::consts::LN_2).abs() < 1e-5);
         // Gaussian with unit variance at the mean: ln(2 pi) / 2 per pixel.
         let x = t(&[0.5, 0.25]);

@@ -68,16 +68,36 @@ impl VaeConfig {
             "mlp" => base,
             "conv" => VaeConfig { arch: Arch::Conv, widths: vec![32, 64], latent_dim: 16, ..base },
             "conv-large" => VaeConfig { arch: Arch::Conv, widths: vec![64, 128, 256], latent_dim: 64, ..base },
-            "beta-vae" => VaeConfig { arch: Arch::Conv, widths: vec![32, 64], latent_dim: 10, beta: 4.0, kl_warmup_steps: 1000, ..base },
+            "beta-vae" => VaeConfig {
+                arch: Arch::Conv,
+                widths: vec![32, 64],
+                latent_dim: 10,
+                beta: 4.0,
+                kl_warmup_steps: 1000,
+                ..base
+            },
             "cvae" => VaeConfig { num_classes: Some(10), ..base },
-            _ => return Err(VaeError::Config(format!("unknown VAE preset `{name}`: expected mlp, conv, conv-large, beta-vae or cvae"))),
+            _ => {
+                return Err(VaeError::Config(format!(
+                    "unknown VAE preset `{name}`: expected mlp, conv, conv-large, beta-vae or cvae"
+                )))
+            }
         })
     }
 
     pub fn validate(&self) -> Result<()> {
         let [c, h, w] = self.image_shape;
-        if c <= 0 || h <= 0 || w <= 0 || self.latent_dim <= 0 || self.widths.is_empty() || self.widths.iter().any(|&x| x <= 0) {
-            return Err(VaeError::Config(format!("invalid VAE sizes: image {:?}, latent {}, widths {:?}", self.image_shape, self.latent_dim, self.widths)));
+        if c <= 0
+            || h <= 0
+            || w <= 0
+            || self.latent_dim <= 0
+            || self.widths.is_empty()
+            || self.widths.iter().any(|&x| x <= 0)
+        {
+            return Err(VaeError::Config(format!(
+                "invalid VAE sizes: image {:?}, latent {}, widths {:?}",
+                self.image_shape, self.latent_dim, self.widths
+            )));
         }
         if self.arch == Arch::Conv {
             let f = 1i64 << self.widths.len();
@@ -175,7 +195,9 @@ impl Vae {
         let fc_mu = nn::linear(&vs / "fc_mu", feat_dim, z, Default::default());
         let fc_logvar = nn::linear(&vs / "fc_logvar", feat_dim, z, Default::default());
         let log_var = match cfg.likelihood {
-            Likelihood::Gaussian { log_var, learned: true } => Some(vs.var("log_var", &[c, h, w], nn::Init::Const(log_var))),
+            Likelihood::Gaussian { log_var, learned: true } => {
+                Some(vs.var("log_var", &[c, h, w], nn::Init::Const(log_var)))
+            }
             _ => None,
         };
         Ok(Vae { cfg, net, fc_mu, fc_logvar, log_var, device: vs.device() })
@@ -197,14 +219,19 @@ impl Vae {
                 Ok(Some(l.one_hot(k).to_kind(Kind::Float)))
             }
             (Some(_), None) if n == 0 => Ok(None),
-            (Some(k), None) => Err(VaeError::Config(format!("this is a class-conditional VAE ({k} classes): labels are required"))),
+            (Some(k), None) => {
+                Err(VaeError::Config(format!("this is a class-conditional VAE ({k} classes): labels are required")))
+            }
         }
     }
 
     fn check_images(&self, x: &Tensor) -> Result<()> {
         let s = x.size();
         if s.len() != 4 || s[1..] != self.cfg.image_shape {
-            return Err(VaeError::Shape(format!("this model was built for images {:?}, got a batch {s:?}", self.cfg.image_shape)));
+            return Err(VaeError::Shape(format!(
+                "this model was built for images {:?}, got a batch {s:?}",
+                self.cfg.image_shape
+            )));
         }
         Ok(())
     }
@@ -221,7 +248,10 @@ impl Vae {
         let h = match &self.net {
             Net::Mlp { enc, .. } => {
                 let flat = x.flatten(1, -1);
-                let inp = match &y { Some(y) => Tensor::cat(&[flat, y.shallow_clone()], 1), None => flat };
+                let inp = match &y {
+                    Some(y) => Tensor::cat(&[flat, y.shallow_clone()], 1),
+                    None => flat,
+                };
                 enc.forward(&inp)
             }
             Net::Conv { enc, .. } => {
@@ -246,11 +276,16 @@ impl Vae {
     pub fn decode(&self, z: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let n = z.size()[0];
         let y = self.one_hot(labels, n)?;
-        let inp = match y { Some(y) => Tensor::cat(&[z.shallow_clone(), y], 1), None => z.shallow_clone() };
+        let inp = match y {
+            Some(y) => Tensor::cat(&[z.shallow_clone(), y], 1),
+            None => z.shallow_clone(),
+        };
         let [c, h, w] = self.cfg.image_shape;
         Ok(match &self.net {
             Net::Mlp { dec, .. } => dec.forward(&inp).view([n, c, h, w]),
-            Net::Conv { dec_fc, dec, feat, .. } => dec.forward(&dec_fc.forward(&inp).silu().view([n, feat[0], feat[1], feat[2]])),
+            Net::Conv { dec_fc, dec, feat, .. } => {
+                dec.forward(&dec_fc.forward(&inp).silu().view([n, feat[0], feat[1], feat[2]]))
+            }
         })
     }
 
@@ -258,7 +293,9 @@ impl Vae {
     pub fn decoder_log_var(&self) -> Option<Tensor> {
         match self.cfg.likelihood {
             Likelihood::Bernoulli => None,
-            Likelihood::Gaussian { log_var, .. } => Some(self.log_var.as_ref().map(|t| t.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var))),
+            Likelihood::Gaussian { log_var, .. } => {
+                Some(self.log_var.as_ref().map(|t| t.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var)))
+            }
         }
     }
 

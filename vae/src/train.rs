@@ -31,10 +31,20 @@ impl VaeRunConfig {
         let mut vae = VaeConfig::preset(model, image_shape)?;
         vae.validate()?;
         if vae.num_classes.is_some() {
-            let k = num_classes.ok_or_else(|| VaeError::Config(format!("preset `{model}` is class-conditional but dataset `{data}` has no labels")))?;
+            let k = num_classes.ok_or_else(|| {
+                VaeError::Config(format!("preset `{model}` is class-conditional but dataset `{data}` has no labels"))
+            })?;
             vae.num_classes = Some(k as i64);
         }
-        Ok(VaeRunConfig { family: FAMILY.into(), model: model.into(), vae, lr: 1e-3, batch_size: 128, precision: Precision::Fp32, data: data.into() })
+        Ok(VaeRunConfig {
+            family: FAMILY.into(),
+            model: model.into(),
+            vae,
+            lr: 1e-3,
+            batch_size: 128,
+            precision: Precision::Fp32,
+            data: data.into(),
+        })
     }
 }
 
@@ -45,7 +55,9 @@ pub fn elbo_terms(model: &Vae, x: &Tensor, labels: Option<&Tensor>) -> Result<(E
     let out = model.decode(&z, labels)?;
     let recon = match model.cfg.likelihood {
         Likelihood::Bernoulli => bernoulli_nll(&out, &((x + 1.0) * 0.5)),
-        Likelihood::Gaussian { .. } => gaussian_nll(&out, x, &model.decoder_log_var().unwrap_or_else(|| Tensor::from(0.0))),
+        Likelihood::Gaussian { .. } => {
+            gaussian_nll(&out, x, &model.decoder_log_var().unwrap_or_else(|| Tensor::from(0.0)))
+        }
     };
     Ok((ElboTerms { recon, kl: kl_standard_normal(&mu, &logvar) }, out))
 }

@@ -28,7 +28,8 @@ fn mlp_vae_learns_digits() {
     let mut task = VaeTask::new(run_cfg, Device::Cpu).unwrap();
     let before = mean_neg_elbo(&task.model, &x);
     let mut loader = Loader::new(ds, LoaderConfig::new(64, 0, Device::Cpu)).unwrap();
-    let cfg = HarnessConfig { progress: false, sample_every: 0, checkpoint_every: 0, ..HarnessConfig::new(tmp.path(), 400) };
+    let cfg =
+        HarnessConfig { progress: false, sample_every: 0, checkpoint_every: 0, ..HarnessConfig::new(tmp.path(), 400) };
     run(&mut task, &mut loader, &cfg).unwrap();
     let after = mean_neg_elbo(&task.model, &x);
     eprintln!("digits negative ELBO: {before:.2} -> {after:.2} nats per image");
@@ -56,7 +57,11 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.contains("no labels"), "{e}");
     // A checkpoint of another family.
     let tmp = tempfile::tempdir().unwrap();
-    let data = genlab_core::checkpoint::CheckpointData { config: serde_json::json!({"family": "gan"}), state: serde_json::json!({"step": 1}), ..Default::default() };
+    let data = genlab_core::checkpoint::CheckpointData {
+        config: serde_json::json!({"family": "gan"}),
+        state: serde_json::json!({"step": 1}),
+        ..Default::default()
+    };
     genlab_core::checkpoint::save_checkpoint(&tmp.path().join("checkpoints"), 1, &data, 1).unwrap();
     let e = load(tmp.path(), Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("`gan` family"), "{e}");

@@ -35,7 +35,8 @@ fn optim(libtorch: &Path) -> Result<()> {
     let py = crate::setup::python_packages(&root, &[&format!("torch=={}", crate::setup::TORCH_VERSION)])?;
     let rust = parse(&output(crate::cargo(libtorch).args(["bench", "-q", "-p", "genlab-core", "--bench", "optim"]))?);
     let python = parse(&output(Command::new(py).arg(root.join("bench/optim.py")))?);
-    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().with_context(|| format!("benchmark printed no `{k}`"));
+    let get =
+        |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().with_context(|| format!("benchmark printed no `{k}`"));
     println!("784-256-10 MLP, batch 128, Adam, 200 steps, 2 threads (seconds; ratio = PyTorch / genlab, above 1 means genlab is faster)");
     println!("| what | PyTorch (Python) | genlab flat Adam | ratio | tch nn::Adam | ratio |");
     println!("|---|---|---|---|---|---|");

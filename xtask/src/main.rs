@@ -94,10 +94,28 @@ fn demo(args: &[String]) -> Result<()> {
     let vae = out.join("vae");
     run(Command::new(&bin)
         .env_remove("LD_LIBRARY_PATH")
-        .args(["vae", "train", "--model", "conv", "--data", "mnist5k", "--steps", &steps, "--device", "cpu", "--sample-every", "500"])
+        .args([
+            "vae",
+            "train",
+            "--model",
+            "conv",
+            "--data",
+            "mnist5k",
+            "--steps",
+            &steps,
+            "--device",
+            "cpu",
+            "--sample-every",
+            "500",
+        ])
         .arg("--out")
         .arg(&vae))?;
-    run(Command::new(&bin).env_remove("LD_LIBRARY_PATH").args(["vae", "sample", "--n", "64", "--seed", "1", "--run"]).arg(&vae).arg("--out").arg(out.join("vae-samples.png")))?;
+    run(Command::new(&bin)
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["vae", "sample", "--n", "64", "--seed", "1", "--run"])
+        .arg(&vae)
+        .arg("--out")
+        .arg(out.join("vae-samples.png")))?;
     eprintln!("\ndemo finished in {:.0} s; sample grids:", t0.elapsed().as_secs_f64());
     eprintln!("  {}", out.join("vae-samples.png").display());
     eprintln!("  {}/samples/", vae.display());

@@ -29,7 +29,12 @@ fn system_packages() -> Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     crate::run(Command::new("apt-get").args(["update", "-q"]))?;
-    crate::run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn python() -> String {
@@ -56,7 +61,10 @@ fn valid_libtorch(dir: &Path) -> bool {
 
 /// A torch install of the right version that some python already has.
 fn existing_torch() -> Option<PathBuf> {
-    let out = Command::new(python()).args(["-c", "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))"]).output().ok()?;
+    let out = Command::new(python())
+        .args(["-c", "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -112,8 +120,13 @@ fn libtorch(root: &Path) -> Result<PathBuf> {
     if !venv.join("bin/python").exists() {
         crate::run(Command::new(python()).args(["-m", "venv"]).arg(&venv))?;
     }
-    crate::run(Command::new(venv.join("bin/python")).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).arg(format!("torch=={TORCH_VERSION}")).arg("numpy"))
-        .context("installing torch from the Python package index")?;
+    crate::run(
+        Command::new(venv.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .arg("numpy"),
+    )
+    .context("installing torch from the Python package index")?;
     let dir = venv_torch(root).context("torch installed but not found in .venv/lib/*/site-packages")?;
     link(root, &dir)?;
     Ok(ours)
@@ -129,11 +142,19 @@ pub fn python_packages(root: &Path, pkgs: &[&str]) -> Result<PathBuf> {
         .iter()
         .filter(|p| {
             let module = p.split(['=', '<', '>']).next().unwrap_or(p).replace('-', "_");
-            !Command::new(&py).args(["-c", &format!("import {module}")]).output().map(|o| o.status.success()).unwrap_or(false)
+            !Command::new(&py)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
         })
         .collect();
     if !missing.is_empty() {
-        crate::run(Command::new(&py).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(missing.iter().map(|s| **s)))?;
+        crate::run(
+            Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args(missing.iter().map(|s| **s)),
+        )?;
     }
     Ok(py)
 }
