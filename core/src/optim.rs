@@ -9,6 +9,7 @@
 //! tensors, as in PyTorch's `_multi_tensor_adam`, but without a list per op.
 //! The update follows `torch.optim.Adam` / `AdamW` (non-amsgrad) exactly.
 use crate::error::{CoreError, Result};
+use crate::precision::GradScaler;
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Tensor};
 
@@ -227,6 +228,32 @@ impl Adam {
         self.step();
     }
 
+    /// fp16 mixed precision: backward through the scaled loss, unscale the flat gradient
+    /// buffer (one op), and step only when every gradient is finite; the scaler adapts.
+    /// Returns whether the step was taken.
+    pub fn backward_step_scaled(&mut self, loss: &Tensor, scaler: &mut GradScaler) -> bool {
+        self.zero_grad();
+        scaler.scale_loss(loss).backward();
+        self.gather_detached_grads();
+        let finite = scaler.unscale(std::slice::from_mut(&mut self.grads));
+        let take = scaler.update(finite);
+        if take {
+            self.step();
+        }
+        take
+    }
+
+    /// [`Adam::backward_step`], or [`Adam::backward_step_scaled`] when a scaler is given.
+    pub fn backward_step_with(&mut self, loss: &Tensor, scaler: Option<&mut GradScaler>) -> bool {
+        match scaler {
+            Some(s) => self.backward_step_scaled(loss, s),
+            None => {
+                self.backward_step(loss);
+                true
+            }
+        }
+    }
+
     /// Optimizer state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, `step`).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
@@ -368,6 +395,32 @@ mod tests {
         let mut opt3 = Adam::new(&vs3, AdamConfig::adam(0.1)).unwrap();
         let e = opt3.load_state_tensors(&state).unwrap_err().to_string();
         assert!(e.contains("exp_avg.l.weight: model expects [5, 3], file has [2, 3]"), "{e}");
+    }
+
+    #[test]
+    fn scaled_steps_skip_overflow_and_match_unscaled_ones() {
+        let make = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let w = vs.root().ones("w", &[3]);
+            (vs, w)
+        };
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
+        // With a finite scale, the scaled step equals the plain one.
+        let (vs1, w1) = make();
+        let (vs2, w2) = make();
+        let mut o1 = Adam::new(&vs1, AdamConfig::adam(0.1)).unwrap();
+        let mut o2 = Adam::new(&vs2, AdamConfig::adam(0.1)).unwrap();
+        let mut scaler = GradScaler { scale: 1024.0, ..Default::default() };
+        o1.backward_step(&(&w1 * &x).sum(Kind::Float));
+        assert!(o2.backward_step_scaled(&(&w2 * &x).sum(Kind::Float), &mut scaler));
+        assert!(o1.flat_params().allclose(o2.flat_params(), 1e-6, 1e-6, false));
+        // An overflowing loss skips the step, keeps the weights and halves the scale.
+        let before = o2.flat_params().copy();
+        let inf = (&w2 * Tensor::from_slice(&[f32::MAX, 1.0, 1.0])).sum(Kind::Float);
+        assert!(!o2.backward_step_scaled(&inf, &mut scaler));
+        assert!(o2.flat_params().equal(&before));
+        assert_eq!(scaler.scale, 512.0);
+        assert_eq!(o2.steps_taken(), 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::model::{reparameterize, Likelihood, Vae, VaeConfig};
 use genlab_core::checkpoint::CheckpointReader;
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::train::{Batch, StepOutput, TrainTask};
+use genlab_core::precision::GradScaler;
 use genlab_core::Precision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct VaeTask {
     pub model: Vae,
     pub opt: Adam,
     pub run: VaeRunConfig,
+    /// Dynamic loss scaling, for fp16.
+    pub scaler: Option<GradScaler>,
     device: Device,
 }
 
@@ -76,7 +79,8 @@ impl VaeTask {
         let vs = VarStore::new(device);
         let model = Vae::new(vs.root(), run.vae.clone())?;
         let opt = Adam::new(&vs, AdamConfig::adam(run.lr))?;
-        Ok(VaeTask { vs, model, opt, run, device })
+        let scaler = run.precision.needs_scaler().then(GradScaler::default);
+        Ok(VaeTask { vs, model, opt, run, scaler, device })
     }
 }
 
@@ -90,7 +94,7 @@ impl TrainTask for VaeTask {
             .map_err(to_core)?;
         let w = kl_weight(self.model.cfg.beta, step, self.model.cfg.kl_warmup_steps);
         let loss = terms.loss(w);
-        self.opt.backward_step(&loss);
+        self.opt.backward_step_with(&loss, self.scaler.as_mut());
         let recon = terms.recon.mean(tch::Kind::Float).double_value(&[]);
         let kl = terms.kl.mean(tch::Kind::Float).double_value(&[]);
         let dims = self.model.cfg.data_dim();
@@ -125,6 +129,19 @@ impl TrainTask for VaeTask {
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.run).unwrap_or_default()
+    }
+
+    fn extra_state(&self) -> serde_json::Value {
+        serde_json::json!({ "grad_scaler": self.scaler })
+    }
+
+    fn restore_extra_state(&mut self, state: &serde_json::Value) -> genlab_core::Result<()> {
+        if let Some(s) = state.get("grad_scaler").filter(|s| !s.is_null()) {
+            self.scaler = Some(serde_json::from_value(s.clone()).map_err(|e| {
+                genlab_core::CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}"))
+            })?);
+        }
+        Ok(())
     }
 }
 
