@@ -33,7 +33,9 @@ pub fn open_builtin(name: &str) -> Option<Result<InMemory>> {
 fn csv_gz(name: &str, gz: &[u8], side: usize, max: u32) -> Result<InMemory> {
     let origin = PathBuf::from(format!("<built-in {name}>"));
     let mut text = String::new();
-    flate2::read::GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| DataError::format(&origin, e.to_string()))?;
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
+        .map_err(|e| DataError::format(&origin, e.to_string()))?;
     let per = side * side;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
@@ -43,10 +45,12 @@ fn csv_gz(name: &str, gz: &[u8], side: usize, max: u32) -> Result<InMemory> {
             return Err(DataError::format(&origin, format!("row {row}: {} values, expected {}", vals.len(), per + 1)));
         }
         for v in &vals[..per] {
-            let x: f64 = v.trim().parse().map_err(|_| DataError::format(&origin, format!("row {row}: bad pixel `{v}`")))?;
+            let x: f64 =
+                v.trim().parse().map_err(|_| DataError::format(&origin, format!("row {row}: bad pixel `{v}`")))?;
             pixels.push(((x.clamp(0.0, max as f64) * 255.0 / max as f64).round()) as u8);
         }
-        let l: f64 = vals[per].trim().parse().map_err(|_| DataError::format(&origin, format!("row {row}: bad label")))?;
+        let l: f64 =
+            vals[per].trim().parse().map_err(|_| DataError::format(&origin, format!("row {row}: bad label")))?;
         labels.push(l as i64);
     }
     InMemory::new(name, [1, side, side], pixels, Some(labels))
@@ -94,7 +98,10 @@ pub fn idx_pair(name: &str, images: &Path, labels: &Path) -> Result<InMemory> {
     }
     let (ldims, lab) = read_idx(labels)?;
     if ldims.len() != 1 || ldims[0] != dims[0] {
-        return Err(DataError::format(labels, format!("{ldims:?} labels do not match {} images in {}", dims[0], images.display())));
+        return Err(DataError::format(
+            labels,
+            format!("{ldims:?} labels do not match {} images in {}", dims[0], images.display()),
+        ));
     }
     InMemory::new(name, [1, dims[1], dims[2]], px, Some(lab.into_iter().map(i64::from).collect()))
 }

@@ -19,9 +19,20 @@ pub trait Dataset: Send + Sync {
     fn shape(&self) -> [usize; 3];
     /// Number of classes, when items carry labels.
     fn num_classes(&self) -> Option<usize>;
+    /// Class names indexed by label, where the source names them (folder names, CIFAR-10's
+    /// `batches.meta.txt`).
+    fn class_names(&self) -> Option<Vec<String>> {
+        None
+    }
     fn get(&self, index: usize) -> Result<Item>;
     /// A one-line description (source, size).
     fn describe(&self) -> String;
+}
+
+impl std::fmt::Debug for dyn Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 /// A dataset held in memory (the built-in sets, IDX files, converted folders).
@@ -33,6 +44,7 @@ pub struct InMemory {
     pub pixels: Arc<Vec<u8>>,
     pub labels: Option<Arc<Vec<i64>>>,
     pub num_classes: Option<usize>,
+    pub class_names: Option<Vec<String>>,
 }
 
 impl InMemory {
@@ -40,7 +52,10 @@ impl InMemory {
         let name = name.into();
         let per = shape.iter().product::<usize>();
         if per == 0 || pixels.len() % per != 0 {
-            return Err(DataError::Invalid(format!("{name}: {} bytes is not a whole number of {shape:?} images", pixels.len())));
+            return Err(DataError::Invalid(format!(
+                "{name}: {} bytes is not a whole number of {shape:?} images",
+                pixels.len()
+            )));
         }
         let n = pixels.len() / per;
         if let Some(l) = &labels {
@@ -52,7 +67,33 @@ impl InMemory {
             }
         }
         let num_classes = labels.as_ref().map(|l| l.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0));
-        Ok(InMemory { name, shape, pixels: Arc::new(pixels), labels: labels.map(Arc::new), num_classes })
+        Ok(InMemory {
+            name,
+            shape,
+            pixels: Arc::new(pixels),
+            labels: labels.map(Arc::new),
+            num_classes,
+            class_names: None,
+        })
+    }
+
+    /// Name the classes (label `i` is `names[i]`); this also fixes the class count, so a
+    /// class with no examples still counts.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self> {
+        if self.labels.is_none() {
+            return Err(DataError::Invalid(format!("{}: class names for an unlabelled dataset", self.name)));
+        }
+        if let Some(k) = self.num_classes.filter(|&k| k > names.len()) {
+            return Err(DataError::Invalid(format!(
+                "{}: {} class names for labels up to {}",
+                self.name,
+                names.len(),
+                k - 1
+            )));
+        }
+        self.num_classes = Some(names.len());
+        self.class_names = Some(names);
+        Ok(self)
     }
 
     /// Keep only the items whose index passes `keep` (e.g. to hold out a class).
@@ -71,6 +112,7 @@ impl InMemory {
         }
         let mut out = InMemory::new(self.name.clone(), self.shape, px, labels)?;
         out.num_classes = self.num_classes;
+        out.class_names = self.class_names.clone();
         Ok(out)
     }
 }
@@ -84,6 +126,9 @@ impl Dataset for InMemory {
     }
     fn num_classes(&self) -> Option<usize> {
         self.num_classes
+    }
+    fn class_names(&self) -> Option<Vec<String>> {
+        self.class_names.clone()
     }
     fn get(&self, index: usize) -> Result<Item> {
         let len = self.len();

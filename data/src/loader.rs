@@ -35,7 +35,17 @@ pub struct LoaderConfig {
 
 impl LoaderConfig {
     pub fn new(batch_size: usize, seed: u64, device: Device) -> Self {
-        LoaderConfig { batch_size, seed, shuffle: true, drop_last: true, rank: 0, world_size: 1, device, hflip: false, prefetch: 4 }
+        LoaderConfig {
+            batch_size,
+            seed,
+            shuffle: true,
+            drop_last: true,
+            rank: 0,
+            world_size: 1,
+            device,
+            hflip: false,
+            prefetch: 4,
+        }
     }
 }
 
@@ -63,7 +73,11 @@ pub fn batch_indices(len: usize, cfg: &LoaderConfig, step: u64) -> Vec<usize> {
 pub fn batches_per_epoch(len: usize, cfg: &LoaderConfig) -> usize {
     let world = cfg.world_size.max(1);
     let per_rank = len / world;
-    if cfg.drop_last || world > 1 { per_rank / cfg.batch_size.max(1) } else { per_rank.div_ceil(cfg.batch_size.max(1)) }
+    if cfg.drop_last || world > 1 {
+        per_rank / cfg.batch_size.max(1)
+    } else {
+        per_rank.div_ceil(cfg.batch_size.max(1))
+    }
 }
 
 fn decode(ds: &dyn Dataset, idx: &[usize]) -> Result<HostBatch> {
@@ -157,7 +171,11 @@ impl Loader {
             images = images.flip([3]).where_self(&mask, &images);
         }
         let pinned = matches!(self.cfg.device, Device::Cuda(_));
-        let images = if pinned { images.pin_memory(self.cfg.device).to_device(self.cfg.device) } else { images.to_device(self.cfg.device) };
+        let images = if pinned {
+            images.pin_memory(self.cfg.device).to_device(self.cfg.device)
+        } else {
+            images.to_device(self.cfg.device)
+        };
         let labels = hb.labels.map(|l| Tensor::from_slice(&l).to_device(self.cfg.device));
         Ok(Batch { images, labels })
     }
@@ -239,9 +257,9 @@ mod tests {
         let seq: Vec<Tensor> = (0..7).map(|_| a.next_batch().unwrap().labels.unwrap()).collect();
         let mut b = Loader::new(ds, cfg).unwrap();
         b.seek(4).unwrap();
-        for s in 4..7 {
+        for expected in &seq[4..] {
             let batch = b.next_batch().unwrap();
-            assert!(batch.labels.unwrap().equal(&seq[s]));
+            assert!(batch.labels.unwrap().equal(expected));
             let v = batch.images.double_value(&[0, 0, 0, 0]);
             assert!((-1.0..=1.0).contains(&v));
         }
@@ -251,7 +269,10 @@ mod tests {
     fn impossible_configs_are_errors() {
         let ds: Arc<dyn Dataset> = Arc::new(InMemory::new("t", [1, 2, 2], vec![0; 40], None).unwrap());
         assert!(Loader::new(ds.clone(), LoaderConfig::new(0, 0, Device::Cpu)).is_err());
-        assert!(Loader::new(ds.clone(), LoaderConfig::new(11, 0, Device::Cpu)).unwrap_err().to_string().contains("cannot fill"));
+        assert!(Loader::new(ds.clone(), LoaderConfig::new(11, 0, Device::Cpu))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot fill"));
         let cfg = LoaderConfig { rank: 2, world_size: 2, ..LoaderConfig::new(1, 0, Device::Cpu) };
         assert!(Loader::new(ds, cfg).is_err());
     }
