@@ -1,0 +1,41 @@
+//! The diffusion crate's error type.
+
+/// Everything that can go wrong building a schedule or running a scheduler.
+/// Each variant says what was expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error("invalid schedule configuration: {0}")]
+    Config(String),
+    #[error("unknown {what} `{found}`: expected one of {expected}")]
+    UnknownName { what: &'static str, found: String, expected: String },
+    #[error("invalid number of inference steps {steps}: expected 1..={num_train_timesteps} (num_train_timesteps)")]
+    InferenceSteps { steps: usize, num_train_timesteps: usize },
+    #[error(
+        "{scheduler}: {steps} inference steps give the timesteps {timesteps:?}, \
+         which are not strictly decreasing inside 0..{num_train_timesteps}{hint}"
+    )]
+    DegenerateTimesteps {
+        scheduler: &'static str,
+        steps: usize,
+        timesteps: Vec<f64>,
+        num_train_timesteps: usize,
+        hint: &'static str,
+    },
+    #[error("{scheduler}: call set_timesteps before step")]
+    NotInitialized { scheduler: &'static str },
+    #[error("{scheduler}: timestep {timestep} is not one of this schedule's timesteps {timesteps:?}")]
+    UnknownTimestep { scheduler: &'static str, timestep: f64, timesteps: Vec<f64> },
+    #[error(
+        "{scheduler}: step called {calls} times, but the schedule has only {len} timesteps; \
+         call set_timesteps again to start a new loop"
+    )]
+    PastLastStep { scheduler: &'static str, calls: usize, len: usize },
+    #[error("timestep {timestep} is out of range: expected {expected}")]
+    TrainTimestep { timestep: f64, expected: String },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
