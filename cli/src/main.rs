@@ -3,6 +3,7 @@
 //! Argument parsing and wiring only; every command calls a library function of a
 //! family crate.
 mod config_file;
+mod data_cmd;
 mod vae_cmd;
 
 use anyhow::{Context, Result};
@@ -20,7 +21,8 @@ use std::path::PathBuf;
   genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae
   genlab vae sample --run runs/vae --n 64 --out samples.png
   genlab info runs/vae
-  genlab data info fashion-mnist"
+  genlab data info fashion-mnist
+  genlab data convert photos/ photos.h5 --image-size 64x64"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,22 +36,12 @@ enum Command {
     Vae(vae_cmd::VaeCommand),
     /// Datasets: describe, convert to HDF5, preview.
     #[command(subcommand)]
-    Data(DataCommand),
+    Data(data_cmd::DataCommand),
     /// Show a run's or checkpoint's configuration, parameter count and tensors.
     #[command(after_help = "Examples:\n  genlab info runs/vae\n  genlab info runs/vae/checkpoints/step-00002000")]
     Info {
         /// A run directory or a checkpoint folder.
         path: PathBuf,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum DataCommand {
-    /// Count, image shape and classes of a dataset.
-    #[command(after_help = "Examples:\n  genlab data info mnist5k\n  genlab data info fashion-mnist:test")]
-    Info {
-        /// Built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test).
-        dataset: String,
     },
 }
 
@@ -59,9 +51,10 @@ pub struct TrainArgs {
     /// Model preset.
     #[arg(long)]
     pub model: String,
-    /// Dataset: a built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test).
-    #[arg(long, default_value = "mnist5k")]
+    #[arg(long, default_value = "mnist5k", help = data_cmd::DATASET_HELP)]
     pub data: String,
+    #[command(flatten)]
+    pub data_options: data_cmd::DataOptions,
     /// Training steps (total, including steps done before a --resume).
     #[arg(long)]
     pub steps: u64,
@@ -174,9 +167,7 @@ fn main() {
     let cli = Cli::parse_from(std::iter::once(std::ffi::OsString::from("genlab")).chain(args));
     let result = match cli.command {
         Command::Vae(c) => vae_cmd::run(c),
-        Command::Data(DataCommand::Info { dataset }) => {
-            genlab_data::open(&dataset).map(|d| println!("{}", d.describe())).map_err(Into::into)
-        }
+        Command::Data(c) => data_cmd::run(c),
         Command::Info { path } => info(&path),
     };
     if let Err(e) = result {

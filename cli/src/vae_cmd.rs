@@ -34,7 +34,7 @@ fn train(a: TrainArgs) -> Result<()> {
         serde_json::from_str::<VaeRunConfig>(&text)
             .with_context(|| format!("{}: not a VAE run configuration", a.out.join("config.json").display()))?
     } else {
-        let ds = genlab_data::open(&a.data)?;
+        let ds = a.data_options.open(&a.data, a.seed)?;
         let [c, h, w] = ds.shape();
         let mut run = VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
         run.lr = a.lr.unwrap_or(run.lr);
@@ -42,7 +42,7 @@ fn train(a: TrainArgs) -> Result<()> {
         run.precision = a.precision;
         run
     };
-    let ds = genlab_data::open(&run.data)?;
+    let ds = a.data_options.open(&run.data, a.seed)?;
     let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
     // The initial weights are a function of the seed.
     genlab_core::seed::manual_seed(a.seed as i64);

@@ -173,3 +173,29 @@ fn cli_resume_is_bit_identical() {
     let w = |p: &Path| std::fs::read(p.join("checkpoints/step-00000024/model.safetensors")).unwrap();
     assert!(w(&a) == w(&b), "resumed run differs from the uninterrupted one");
 }
+
+#[test]
+fn data_commands_describe_convert_and_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = ok(genlab().args(["data", "info", "digits"]).output().unwrap());
+    assert!(info.contains("count: 1797") && info.contains("1 x 8 x 8"), "{info}");
+    let h5 = tmp.path().join("d.h5");
+    ok(genlab().args(["data", "convert", "digits"]).arg(&h5).output().unwrap());
+    let info = ok(genlab().args(["data", "info"]).arg(&h5).output().unwrap());
+    assert!(info.contains("count: 1797"), "{info}");
+    let png = tmp.path().join("p.png");
+    ok(genlab().args(["data", "preview", "digits", "--n", "9", "--out"]).arg(&png).output().unwrap());
+    assert!(std::fs::metadata(&png).unwrap().len() > 50);
+    // A folder with one good and one corrupt image: an error naming the file, or a skip.
+    let dir = tmp.path().join("imgs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&png, dir.join("good.png")).unwrap();
+    std::fs::write(dir.join("bad.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let e = fail(genlab().args(["data", "info"]).arg(&dir).output().unwrap());
+    assert!(e.contains("bad.png"), "{e}");
+    let info = ok(genlab().args(["data", "info", "--skip-bad"]).arg(&dir).output().unwrap());
+    assert!(info.contains("count: 1"), "{info}");
+    std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
+    let e = fail(genlab().args(["data", "info"]).arg(tmp.path().join("empty")).output().unwrap());
+    assert!(e.contains("empty") && e.contains("no PNG or JPEG images"), "{e}");
+}

@@ -8,11 +8,12 @@ pub enum CoreError {
     Device { spec: String, reason: String },
     #[error("invalid precision `{0}`: expected fp32, bf16 or fp16")]
     Precision(String),
-    #[error("{path}: {source}")]
+    // The io::Error is part of the message, not a `source`, so that printing the error
+    // chain does not repeat it.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
@@ -38,7 +39,7 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io { path: path.into(), error: source }
     }
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         CoreError::File { path: path.into(), message: message.into() }
