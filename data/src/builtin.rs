@@ -6,14 +6,20 @@
 //!   digits, CC BY 4.0), pixel values 0-16 scaled to 0-255.
 //! - `fashion-mnist` / `fashion-mnist:test`: Zalando's Fashion-MNIST (MIT), 60,000 + 10,000
 //!   28x28 images, read from the Debian package `dataset-fashion-mnist`
-//!   (`/usr/share/datasets/fashion-mnist`) or from `$GENLAB_DATA_DIR/fashion-mnist`.
+//!   (`/usr/share/datasets/fashion-mnist`) or from the data folder (below).
+//! - `mnist` / `mnist:test`: the full MNIST (70,000 images), and `cifar10` / `cifar10:test`
+//!   (CIFAR-10 binary version, Krizhevsky 2009), from the data folder, where
+//!   `cargo xtask download mnist|cifar10` puts them.
+//!
+//! The data folder is `$GENLAB_DATA_DIR`, else `~/.cache/genlab`.
 use crate::dataset::InMemory;
 use crate::error::{DataError, Result};
 use crate::idx::read_idx;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const NAMES: &[&str] = &["mnist5k", "digits", "fashion-mnist", "fashion-mnist:test"];
+pub const NAMES: &[&str] =
+    &["mnist5k", "digits", "fashion-mnist", "fashion-mnist:test", "mnist", "mnist:test", "cifar10", "cifar10:test"];
 
 static MNIST5K_CSV_GZ: &[u8] = include_bytes!("../assets/mnist_5k.csv.gz");
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../assets/digits.csv.gz");
@@ -23,8 +29,12 @@ pub fn open_builtin(name: &str) -> Option<Result<InMemory>> {
     Some(match name {
         "mnist5k" => csv_gz("mnist5k", MNIST5K_CSV_GZ, 28, 255),
         "digits" => csv_gz("digits", DIGITS_CSV_GZ, 8, 16),
-        "fashion-mnist" | "fashion-mnist:train" => fashion_mnist(false),
-        "fashion-mnist:test" => fashion_mnist(true),
+        "fashion-mnist" | "fashion-mnist:train" => idx_builtin(name, "fashion-mnist", false),
+        "fashion-mnist:test" => idx_builtin(name, "fashion-mnist", true),
+        "mnist" | "mnist:train" => idx_builtin(name, "mnist", false),
+        "mnist:test" => idx_builtin(name, "mnist", true),
+        "cifar10" | "cifar10:train" => cifar10_builtin(false),
+        "cifar10:test" => cifar10_builtin(true),
         _ => return None,
     })
 }
@@ -56,38 +66,59 @@ fn csv_gz(name: &str, gz: &[u8], side: usize, max: u32) -> Result<InMemory> {
     InMemory::new(name, [1, side, side], pixels, Some(labels))
 }
 
-/// Folders searched for Fashion-MNIST's IDX files, in order.
-pub fn fashion_mnist_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+/// Where `cargo xtask download` puts datasets: `$GENLAB_DATA_DIR`, else `~/.cache/genlab`.
+pub fn data_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("GENLAB_DATA_DIR") {
-        dirs.push(PathBuf::from(d).join("fashion-mnist"));
+        return Some(PathBuf::from(d));
     }
-    dirs.push(PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("genlab"))
+}
+
+/// Folders searched for a built-in dataset `stem` (`fashion-mnist`, `mnist`, `cifar10`), in order.
+pub fn dataset_dirs(stem: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = data_dir().map(|d| d.join(stem)).into_iter().collect();
+    if stem == "fashion-mnist" {
+        dirs.push(PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    }
     dirs
 }
 
-fn fashion_mnist(test: bool) -> Result<InMemory> {
+fn not_installed(name: &str, stem: &str, what: &str) -> DataError {
+    let dirs: Vec<String> = dataset_dirs(stem).iter().map(|d| d.display().to_string()).collect();
+    let debian = if stem == "fashion-mnist" {
+        "install the Debian package dataset-fashion-mnist (`cargo xtask setup` does), or "
+    } else {
+        ""
+    };
+    DataError::NotInstalled {
+        name: name.into(),
+        hint: format!("{debian}run `cargo xtask download {stem}`, or put {what} in one of: {}", dirs.join(", ")),
+    }
+}
+
+/// The standard MNIST-layout IDX pair (gzipped or not) of `stem` in its data folders.
+fn idx_builtin(name: &str, stem: &str, test: bool) -> Result<InMemory> {
     let (imgs, labs) = if test {
         ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     } else {
         ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
     };
-    let find = |stem: &str| -> Option<PathBuf> {
-        fashion_mnist_dirs()
-            .into_iter()
-            .flat_map(|d| [d.join(format!("{stem}.gz")), d.join(stem)])
-            .find(|p| p.is_file())
+    let find = |file: &str| -> Option<PathBuf> {
+        dataset_dirs(stem).into_iter().flat_map(|d| [d.join(format!("{file}.gz")), d.join(file)]).find(|p| p.is_file())
     };
-    let name = if test { "fashion-mnist:test" } else { "fashion-mnist" };
-    let (Some(ip), Some(lp)) = (find(imgs), find(labs)) else {
-        return Err(DataError::NotInstalled {
-            name: name.into(),
-            hint: format!(
-                "install the Debian package dataset-fashion-mnist (`cargo xtask setup` does), or put {imgs}.gz and {labs}.gz in $GENLAB_DATA_DIR/fashion-mnist (`cargo xtask download fashion-mnist`)"
-            ),
-        });
-    };
-    idx_pair(name, &ip, &lp)
+    match (find(imgs), find(labs)) {
+        (Some(ip), Some(lp)) => idx_pair(name, &ip, &lp),
+        _ => Err(not_installed(name, stem, &format!("{imgs}.gz and {labs}.gz"))),
+    }
+}
+
+fn cifar10_builtin(test: bool) -> Result<InMemory> {
+    let name = if test { "cifar10:test" } else { "cifar10" };
+    let dir = dataset_dirs("cifar10").into_iter().find(|d| d.is_dir());
+    match dir {
+        Some(d) => crate::cifar::read_cifar10(&d, test),
+        None => Err(not_installed(name, "cifar10", "the extracted cifar-10-batches-bin folder")),
+    }
 }
 
 /// An images IDX file (N x H x W) with its labels IDX file (N).
@@ -143,9 +174,35 @@ mod tests {
             }
             Err(e) => {
                 // Only acceptable where the package is absent, and then the message says what to do.
-                assert!(fashion_mnist_dirs().iter().all(|d| !d.exists()), "{e}");
+                assert!(dataset_dirs("fashion-mnist").iter().all(|d| !d.exists()), "{e}");
                 assert!(e.to_string().contains("dataset-fashion-mnist"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod download_dir_tests {
+    use super::*;
+    use crate::dataset::Dataset;
+
+    #[test]
+    fn missing_downloads_say_how_to_get_them() {
+        // A data folder that has no MNIST (the test does not touch the network).
+        let tmp = tempfile::tempdir().unwrap();
+        let found = dataset_dirs("mnist").iter().any(|d| d.join("train-images-idx3-ubyte.gz").exists());
+        if !found {
+            let e = open_builtin("mnist").unwrap().unwrap_err().to_string();
+            assert!(e.contains("cargo xtask download mnist"), "{e}");
+        }
+        // The same reader on a folder laid out as the download leaves it.
+        let d = tmp.path().join("mnist");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut img = vec![0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        img.extend([0, 255, 255, 0, 10, 20, 30, 40]);
+        std::fs::write(d.join("t10k-images-idx3-ubyte"), &img).unwrap();
+        std::fs::write(d.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 2, 7, 3]).unwrap();
+        let ds = idx_pair("mnist:test", &d.join("t10k-images-idx3-ubyte"), &d.join("t10k-labels-idx1-ubyte")).unwrap();
+        assert_eq!((ds.len(), ds.shape(), ds.labels.as_deref().cloned()), (2, [1, 2, 2], Some(vec![7, 3])));
     }
 }

@@ -26,7 +26,8 @@ fn output(cmd: &mut Command) -> Result<String> {
 pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("optim") => optim(libtorch),
-        _ => bail!("usage: cargo xtask bench optim"),
+        Some("data") => data(libtorch),
+        _ => bail!("usage: cargo xtask bench optim|data"),
     }
 }
 
@@ -45,6 +46,41 @@ fn optim(libtorch: &Path) -> Result<()> {
         let g = get(&rust, &format!("genlab_{key}"))?;
         let t = get(&rust, &format!("tch_{key}"))?;
         println!("| {what} | {p:.4} | {g:.4} | {:.2}x | {t:.4} | {:.2}x |", p / g, p / t);
+    }
+    Ok(())
+}
+
+/// `CASE images_per_s=N ...` lines.
+fn images_per_s(text: &str, prefix: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let case = it.next()?.strip_prefix(prefix)?.to_string();
+            let v = it.next()?.strip_prefix("images_per_s=")?.parse().ok()?;
+            Some((case, v))
+        })
+        .collect()
+}
+
+fn data(libtorch: &Path) -> Result<()> {
+    let root = crate::root();
+    let py = crate::setup::python_packages(&root, &["torch==2.13.0", "h5py", "pillow"])?;
+    let dir = root.join("target/bench-data");
+    std::fs::create_dir_all(&dir)?;
+    let rust = output(
+        crate::cargo(libtorch).args(["bench", "-q", "-p", "genlab-data", "--bench", "loader", "--", "--dir"]).arg(&dir),
+    )?;
+    let files = ["fmnist28.h5", "fmnist28-png", "fmnist64.h5", "fmnist64-png"].map(|f| dir.join(f));
+    let python = output(Command::new(py).arg(root.join("bench/data_loader.py")).args(&files))?;
+    let (r, p) = (images_per_s(&rust, ""), images_per_s(&python, "torch-"));
+    println!(
+        "Loader throughput, 10,000 Fashion-MNIST images, batch 128, 2 workers (images/s; ratio = genlab / PyTorch)"
+    );
+    println!("| case | genlab | PyTorch DataLoader | ratio |");
+    println!("|---|---|---|---|");
+    for (case, g) in &r {
+        let t = p.get(case).copied().with_context(|| format!("the Python side printed no `torch-{case}`"))?;
+        println!("| {case} | {g:.0} | {t:.0} | {:.2}x |", g / t);
     }
     Ok(())
 }

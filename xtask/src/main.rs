@@ -5,12 +5,14 @@
 //! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //! - `demo`: setup, then train each family's small default model on mnist5k and write grids
 //!   under `runs/demo`.
-//! - `bench optim`: the optimizer step beside PyTorch's from Python on the same model.
+//! - `bench optim|data`: genlab beside PyTorch from Python on the same work.
+//! - `download NAME`: a dataset's original files, verified, where genlab-data finds them.
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod download;
 mod setup;
 
 fn root() -> PathBuf {
@@ -42,12 +44,21 @@ fn usage() -> ! {
   setup           install system packages and libtorch (torch==2.13.0 in .venv); idempotent
   test            setup, then fmt --check, clippy -D warnings and the whole test suite
   demo [--steps N]  setup, then train each family's default model on mnist5k (runs/demo)
-  bench optim     optimizer step time, genlab beside PyTorch from Python"
+  bench optim     optimizer step time, genlab beside PyTorch from Python
+  bench data      data-loader throughput, genlab beside PyTorch's DataLoader
+  download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab"
     );
     std::process::exit(2)
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else { usage() };
     match task.as_str() {
@@ -59,6 +70,11 @@ fn main() -> Result<()> {
         "bench" => {
             let lt = setup::setup()?;
             bench::run(&lt, &args[1..])?;
+        }
+        "download" => {
+            let [_, name] = args.as_slice() else { usage() };
+            let dir = download::download(name, &download::data_dir()?)?;
+            eprintln!("download: {name} is ready in {}", dir.display());
         }
         _ => usage(),
     }
