@@ -26,6 +26,9 @@ pub struct DataOptions {
     /// HDF5 labels dataset (default: `labels` beside the images, when present).
     #[arg(long)]
     pub h5_labels: Option<String>,
+    /// Leave out every image of this class (e.g. to train an anomaly detector on the rest).
+    #[arg(long)]
+    pub exclude_class: Option<i64>,
 }
 
 fn parse_size(s: &str) -> Result<[usize; 2], String> {
@@ -52,14 +55,20 @@ impl DataOptions {
             skip_bad: self.skip_bad,
             h5_labels: self.h5_labels.clone(),
         };
-        Ok(genlab_data::open_with(spec, &opts)?)
+        let ds = genlab_data::open_with(spec, &opts)?;
+        Ok(match self.exclude_class {
+            Some(k) => Arc::new(genlab_data::Subset::without_class(ds, k)?),
+            None => ds,
+        })
     }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Count, image shape, classes, per-class counts and pixel statistics of a dataset.
-    #[command(after_help = "Examples:\n  genlab data info mnist5k\n  genlab data info fashion-mnist:test\n  genlab data info photos/ --image-size 64x64 --skip-bad")]
+    #[command(
+        after_help = "Examples:\n  genlab data info mnist5k\n  genlab data info fashion-mnist:test\n  genlab data info photos/ --image-size 64x64 --skip-bad"
+    )]
     Info {
         #[arg(help = DATASET_HELP)]
         dataset: String,
@@ -67,7 +76,9 @@ pub enum DataCommand {
         opts: DataOptions,
     },
     /// Write a dataset as HDF5 (`images` uint8 N x C x H x W, `labels`), streaming.
-    #[command(after_help = "Examples:\n  genlab data convert fashion-mnist fmnist.h5\n  genlab data convert photos/ photos.h5 --image-size 64x64 --channels 3")]
+    #[command(
+        after_help = "Examples:\n  genlab data convert fashion-mnist fmnist.h5\n  genlab data convert photos/ photos.h5 --image-size 64x64 --channels 3"
+    )]
     Convert {
         #[arg(help = DATASET_HELP)]
         dataset: String,
@@ -76,7 +87,9 @@ pub enum DataCommand {
         opts: DataOptions,
     },
     /// A PNG grid of the first N images.
-    #[command(after_help = "Examples:\n  genlab data preview mnist5k --out mnist.png\n  genlab data preview data.h5:train/images --n 100 --out grid.png")]
+    #[command(
+        after_help = "Examples:\n  genlab data preview mnist5k --out mnist.png\n  genlab data preview data.h5:train/images --n 100 --out grid.png"
+    )]
     Preview {
         #[arg(help = DATASET_HELP)]
         dataset: String,

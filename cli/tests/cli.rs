@@ -199,3 +199,42 @@ fn data_commands_describe_convert_and_preview() {
     let e = fail(genlab().args(["data", "info"]).arg(tmp.path().join("empty")).output().unwrap());
     assert!(e.contains("empty") && e.contains("no PNG or JPEG images"), "{e}");
 }
+
+#[test]
+fn vae_tools_run_and_reject_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(train(&run, &["--steps", "30"]).output().unwrap());
+    let vae = |args: &[&str]| {
+        let mut c = genlab();
+        // The subcommand, then the shared flags, then the rest (which may end in `--out`).
+        c.arg("vae").arg(args[0]).arg("--run").arg(&run).args(["--data", "digits", "--device", "cpu"]).args(&args[1..]);
+        c
+    };
+    let p = |name: &str| tmp.path().join(name);
+    ok(vae(&["reconstruct", "--n", "8", "--out"]).arg(p("r.png")).output().unwrap());
+    ok(vae(&["interpolate", "--pairs", "0:5,10:20", "--out"]).arg(p("i.png")).output().unwrap());
+    let out = ok(vae(&["anomaly", "--anomalous-class", "3", "--out"]).arg(p("s.csv")).output().unwrap());
+    assert!(out.contains("ROC-AUC"), "{out}");
+    let csv = std::fs::read_to_string(p("s.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 1797);
+    let out = ok(vae(&["embed", "--n", "600", "--probe-test", "digits", "--out"]).arg(p("z.h5")).output().unwrap());
+    assert!(out.contains("latents") && out.contains("pixels"), "{out}");
+    let out = ok(vae(&["impute", "--n", "100", "--mask", "random:0.4", "--out"]).arg(p("m.png")).output().unwrap());
+    assert!(out.contains("mean fill"), "{out}");
+    let out = ok(vae(&["likelihood", "--n", "100", "--k", "5"]).output().unwrap());
+    assert!(out.contains("IWAE-5"), "{out}");
+    // Bad input.
+    let e = fail(vae(&["interpolate", "--pairs", "0:5000", "--out"]).arg(p("x.png")).output().unwrap());
+    assert!(e.contains("below 1797"), "{e}");
+    genlab_png(&p("mask.png"), 5, 5);
+    let e = fail(vae(&["impute", "--mask"]).arg(p("mask.png")).arg("--out").arg(p("y.png")).output().unwrap());
+    assert!(e.contains("5x5") && e.contains("8x8"), "{e}");
+    let e = fail(genlab().args(["vae", "reconstruct", "--data", "mnist5k", "--out", "z.png", "--run"]).arg(&run).output().unwrap());
+    assert!(e.contains("28x28") || e.contains("1x28x28"), "{e}");
+}
+
+/// A white h x w grey PNG.
+fn genlab_png(path: &Path, h: u32, w: u32) {
+    image::save_buffer(path, &vec![255u8; (h * w) as usize], w, h, image::ExtendedColorType::L8).unwrap();
+}

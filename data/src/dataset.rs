@@ -151,3 +151,110 @@ impl Dataset for InMemory {
         )
     }
 }
+
+/// A view of some items of another dataset (a class held out, a split).
+#[derive(Clone)]
+pub struct Subset {
+    inner: Arc<dyn Dataset>,
+    indices: Arc<Vec<usize>>,
+    what: String,
+}
+
+impl Subset {
+    pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>, what: impl Into<String>) -> Result<Self> {
+        let len = inner.len();
+        if let Some(&bad) = indices.iter().find(|&&i| i >= len) {
+            return Err(DataError::Index { index: bad, len });
+        }
+        Ok(Subset { inner, indices: Arc::new(indices), what: what.into() })
+    }
+
+    /// Every item whose label is not `class` (reads each label once).
+    pub fn without_class(inner: Arc<dyn Dataset>, class: i64) -> Result<Self> {
+        let k = inner.num_classes().ok_or_else(|| {
+            DataError::Invalid(format!("{}: has no labels, so no class can be left out", inner.describe()))
+        })?;
+        if class < 0 || class as usize >= k {
+            return Err(DataError::Invalid(format!("class {class} is not in 0..{k} ({})", inner.describe())));
+        }
+        let mut keep = Vec::with_capacity(inner.len());
+        for i in 0..inner.len() {
+            if inner.get(i)?.label != Some(class) {
+                keep.push(i);
+            }
+        }
+        Subset::new(inner, keep, format!("without class {class}"))
+    }
+}
+
+impl std::fmt::Debug for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn shape(&self) -> [usize; 3] {
+        self.inner.shape()
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.inner.num_classes()
+    }
+    fn class_names(&self) -> Option<Vec<String>> {
+        self.inner.class_names()
+    }
+    fn get(&self, index: usize) -> Result<Item> {
+        let len = self.indices.len();
+        let i = *self.indices.get(index).ok_or(DataError::Index { index, len })?;
+        self.inner.get(i)
+    }
+    fn describe(&self) -> String {
+        format!("{} ({}: {} images)", self.inner.describe(), self.what, self.len())
+    }
+}
+
+/// Items `indices` as a float batch in [-1, 1] and their labels.
+///
+/// # Shapes
+/// - returns ([n, c, h, w] f32, [n] i64 when the dataset has labels)
+pub fn batch_of(ds: &dyn Dataset, indices: &[usize]) -> Result<(tch::Tensor, Option<tch::Tensor>)> {
+    let [c, h, w] = ds.shape();
+    let mut px = Vec::with_capacity(indices.len() * c * h * w);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let it = ds.get(i)?;
+        px.extend_from_slice(&it.image);
+        if let Some(l) = it.label {
+            labels.push(l);
+        }
+    }
+    let n = indices.len() as i64;
+    let x =
+        tch::Tensor::from_slice(&px).view([n, c as i64, h as i64, w as i64]).to_kind(tch::Kind::Float) / 127.5 - 1.0;
+    let y = (labels.len() == indices.len() && !labels.is_empty()).then(|| tch::Tensor::from_slice(&labels));
+    Ok((x, y))
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::*;
+
+    #[test]
+    fn subsets_hold_out_a_class_and_batch() {
+        let ds: Arc<dyn Dataset> = Arc::new(
+            InMemory::new("t", [1, 1, 2], (0..20).collect(), Some(vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0])).unwrap(),
+        );
+        let s = Subset::without_class(ds.clone(), 1).unwrap();
+        assert_eq!(s.len(), 7);
+        assert!((0..s.len()).all(|i| s.get(i).unwrap().label != Some(1)));
+        assert!(Subset::without_class(ds.clone(), 3).unwrap_err().to_string().contains("not in 0..3"));
+        assert!(Subset::new(ds.clone(), vec![0, 10], "x").is_err());
+        let (x, y) = batch_of(&s, &[0, 1]).unwrap();
+        assert_eq!(x.size(), [2, 1, 1, 2]);
+        assert_eq!(Vec::<i64>::try_from(y.unwrap()).unwrap(), vec![0, 2]);
+        assert!((x.double_value(&[0, 0, 0, 0]) + 1.0).abs() < 1e-6);
+    }
+}

@@ -600,10 +600,45 @@ pub fn write_h5(path: &Path, images_u8: &Tensor, labels: Option<&[i64]>, attrs: 
     w.finish()
 }
 
+/// Write a float matrix (latents, features) as dataset `name`, with optional `labels`.
+///
+/// # Shapes
+/// - `matrix`: [n, d] (any float kind; stored as f32)
+pub fn write_matrix_h5(path: &Path, name: &str, matrix: &Tensor, labels: Option<&[i64]>) -> Result<()> {
+    let size = matrix.size();
+    let &[n, d] = size.as_slice() else {
+        return Err(DataError::Invalid(format!("{}: expected a matrix [n, d], got {size:?}", path.display())));
+    };
+    let v = Vec::<f32>::try_from(matrix.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().view(-1))?;
+    let arr = ndarray::Array2::from_shape_vec((n as usize, d as usize), v)
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
+    let file = hdf5::File::create(path).map_err(h5err(path, "create"))?;
+    file.new_dataset_builder().with_data(&arr).create(name).map_err(h5err(path, name))?;
+    if let Some(l) = labels {
+        if l.len() != n as usize {
+            return Err(DataError::Invalid(format!("{}: {} labels for {n} rows", path.display(), l.len())));
+        }
+        file.new_dataset_builder().with_data(l).create("labels").map_err(h5err(path, "labels"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::{any, proptest, ProptestConfig};
+
+    #[test]
+    fn matrices_round_trip() {
+        let dir = tmp();
+        let p = dir.path().join("m.h5");
+        let m = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).view([3, 2]);
+        write_matrix_h5(&p, "latents", &m, Some(&[0, 1, 2])).unwrap();
+        let f = hdf5::File::open(&p).unwrap();
+        let back: ndarray::Array2<f32> = f.dataset("latents").unwrap().read().unwrap();
+        assert_eq!(back[[2, 1]], 6.0);
+        assert!(write_matrix_h5(&p, "x", &m.view([6]), None).is_err());
+    }
 
     fn tmp() -> tempfile::TempDir {
         tempfile::tempdir().expect("temp dir")

@@ -15,10 +15,10 @@ pub mod idx;
 pub mod loader;
 pub mod tools;
 
-pub use dataset::{Dataset, InMemory, Item};
+pub use dataset::{batch_of, Dataset, InMemory, Item, Subset};
 pub use error::{DataError, Result};
 pub use folder::{Crop, FolderDataset};
-pub use h5::{write_h5, H5Dataset, H5Writer};
+pub use h5::{write_h5, write_matrix_h5, H5Dataset, H5Writer};
 pub use loader::{Loader, LoaderConfig};
 pub use tools::{convert, info, preview};
 

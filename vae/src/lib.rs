@@ -4,7 +4,15 @@
 //! - [`loss`]: the ELBO's terms as free functions.
 //! - [`train`]: the training step for genlab-core's harness, and loading trained runs.
 //! - [`sample`]: sampling and reconstruction.
+//! - [`interpolate`], [`anomaly`], [`embed`], [`impute`], [`likelihood`]: latent tools —
+//!   interpolation grids, anomaly scores and ROC-AUC, latent embeddings and a linear probe,
+//!   imputation of missing pixels, and the IWAE bound on log-likelihood.
+pub mod anomaly;
+pub mod embed;
 pub mod error;
+pub mod impute;
+pub mod interpolate;
+pub mod likelihood;
 pub mod loss;
 pub mod model;
 pub mod sample;

@@ -4,8 +4,8 @@ use crate::loss::{bernoulli_nll, bits_per_dim, gaussian_nll, kl_standard_normal,
 use crate::model::{reparameterize, Likelihood, Vae, VaeConfig};
 use genlab_core::checkpoint::CheckpointReader;
 use genlab_core::optim::{Adam, AdamConfig};
-use genlab_core::train::{Batch, StepOutput, TrainTask};
 use genlab_core::precision::GradScaler;
+use genlab_core::train::{Batch, StepOutput, TrainTask};
 use genlab_core::Precision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,9 +137,10 @@ impl TrainTask for VaeTask {
 
     fn restore_extra_state(&mut self, state: &serde_json::Value) -> genlab_core::Result<()> {
         if let Some(s) = state.get("grad_scaler").filter(|s| !s.is_null()) {
-            self.scaler = Some(serde_json::from_value(s.clone()).map_err(|e| {
-                genlab_core::CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}"))
-            })?);
+            self.scaler = Some(
+                serde_json::from_value(s.clone())
+                    .map_err(|e| genlab_core::CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}")))?,
+            );
         }
         Ok(())
     }

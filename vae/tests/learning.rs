@@ -78,3 +78,32 @@ fn conditional_vae_samples_per_class_and_needs_labels() {
     let s = genlab_vae::sample::sample_prior(&task.model, 20, None).unwrap();
     assert_eq!(s.size(), [20, 1, 8, 8]);
 }
+
+/// Trained without the digit 0, the VAE scores held-out zeros as anomalies.
+#[test]
+fn anomaly_auc_on_a_held_out_class() {
+    use genlab_data::{batch_of, Subset};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let all = genlab_data::open("digits").unwrap();
+    let label = |i: usize| all.get(i).unwrap().label.unwrap();
+    // Train on the first 1,200 images minus the zeros; score the other 597, zeros included.
+    let train_idx: Vec<usize> = (0..1200).filter(|&i| label(i) != 0).collect();
+    let test_idx: Vec<usize> = (1200..all.len()).collect();
+    let train: Arc<dyn Dataset> = Arc::new(Subset::new(all.clone(), train_idx, "train").unwrap());
+    let mut run_cfg = VaeRunConfig::from_preset("mlp", [1, 8, 8], Some(10), "digits").unwrap();
+    run_cfg.lr = 2e-3;
+    tch::manual_seed(1);
+    let mut task = VaeTask::new(run_cfg, Device::Cpu).unwrap();
+    let mut loader = Loader::new(train, LoaderConfig::new(64, 1, Device::Cpu)).unwrap();
+    let cfg = HarnessConfig { progress: false, sample_every: 0, checkpoint_every: 0, ..HarnessConfig::new(tmp.path(), 400) };
+    run(&mut task, &mut loader, &cfg).unwrap();
+    let (x, y) = batch_of(all.as_ref(), &test_idx).unwrap();
+    let positive: Vec<bool> = Vec::<i64>::try_from(y.unwrap()).unwrap().iter().map(|&l| l == 0).collect();
+    for score in [genlab_vae::anomaly::Score::Elbo, genlab_vae::anomaly::Score::Recon] {
+        let s = genlab_vae::anomaly::scores(&task.model, &x, None, score).unwrap();
+        let auc = genlab_vae::anomaly::roc_auc(&Vec::<f64>::try_from(s.to_kind(Kind::Double)).unwrap(), &positive).unwrap();
+        eprintln!("held-out zeros, {score:?} score: ROC-AUC {auc:.4}");
+        assert!(auc > 0.85, "{score:?} AUC {auc:.4} is not above 0.85");
+    }
+}
