@@ -4,6 +4,7 @@
 //! family crate.
 mod config_file;
 mod data_cmd;
+mod gan_cmd;
 mod vae_cmd;
 
 use anyhow::{Context, Result};
@@ -34,6 +35,9 @@ enum Command {
     /// Variational autoencoders.
     #[command(subcommand)]
     Vae(vae_cmd::VaeCommand),
+    /// Generative adversarial networks.
+    #[command(subcommand)]
+    Gan(gan_cmd::GanCommand),
     /// Datasets: describe, convert to HDF5, preview.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -167,6 +171,7 @@ fn main() {
     let cli = Cli::parse_from(std::iter::once(std::ffi::OsString::from("genlab")).chain(args));
     let result = match cli.command {
         Command::Vae(c) => vae_cmd::run(c),
+        Command::Gan(c) => gan_cmd::run(c),
         Command::Data(c) => data_cmd::run(c),
         Command::Info { path } => info(&path),
     };

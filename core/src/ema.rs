@@ -38,6 +38,16 @@ impl Ema {
         self.decay
     }
 
+    /// Updates taken so far (the warm-up depends on it; checkpoint it with the weights).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Restore the update count from a checkpoint.
+    pub fn set_updates(&mut self, updates: u64) {
+        self.updates = updates;
+    }
+
     fn current_decay(&self) -> f64 {
         if self.warmup {
             let n = self.updates as f64;

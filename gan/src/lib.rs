@@ -1,0 +1,17 @@
+//! genlab-gan: the generative adversarial network family.
+//!
+//! - [`model`]: DCGAN generator and discriminator, WGAN critics, the class-conditional
+//!   generator and projection discriminator, and the spectral-norm wrapper.
+//! - [`loss`]: the adversarial objectives, the gradient penalty and weight clipping as free functions.
+//! - [`metrics`]: sample diversity and the Fréchet distance between feature sets.
+//! - [`train`]: the training step for genlab-core's harness, collapse detection, and loading trained runs.
+//! - [`sample`]: sampling from a trained generator.
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod sample;
+pub mod train;
+
+pub use error::{GanError, Result};
+pub use model::{Discriminator, GanConfig, Generator};
