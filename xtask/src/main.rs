@@ -43,7 +43,7 @@ fn usage() -> ! {
         "usage: cargo xtask <task>
   setup           install system packages and libtorch (torch==2.13.0 in .venv); idempotent
   test            setup, then fmt --check, clippy -D warnings and the whole test suite
-  demo [--steps N]  setup, then train each family's default model on mnist5k (runs/demo)
+  demo [--scale X] setup, then train each family's default model on mnist5k (runs/demo)
   bench optim     optimizer step time, genlab beside PyTorch from Python
   bench data      data-loader throughput, genlab beside PyTorch's DataLoader
   download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab"
@@ -91,11 +91,24 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// One family's part of the demo: train its default model on mnist5k, then sample a grid.
+struct DemoRun {
+    family: &'static str,
+    model: &'static str,
+    steps: u64,
+    extra: &'static [&'static str],
+}
+
+const DEMO: &[DemoRun] = &[
+    DemoRun { family: "vae", model: "conv", steps: 1500, extra: &[] },
+    DemoRun { family: "gan", model: "dcgan", steps: 1000, extra: &[] },
+];
+
 fn demo(args: &[String]) -> Result<()> {
-    let steps = match args {
-        [] => 1500,
-        [flag, n] if flag == "--steps" => n.parse().context("--steps takes a number")?,
-        _ => bail!("usage: cargo xtask demo [--steps N]"),
+    let scale: f64 = match args {
+        [] => 1.0,
+        [flag, x] if flag == "--scale" => x.parse().context("--scale takes a number, e.g. 0.2")?,
+        _ => bail!("usage: cargo xtask demo [--scale X]   (X multiplies every family's step count)"),
     };
     let lt = setup::setup()?;
     run(cargo(&lt).args(["build", "--release", "-p", "genlab"]))?;
@@ -104,36 +117,33 @@ fn demo(args: &[String]) -> Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
-    let steps = steps.to_string();
     let t0 = std::time::Instant::now();
-    // VAE: the convolutional preset on the built-in MNIST subset.
-    let vae = out.join("vae");
-    run(Command::new(&bin)
-        .env_remove("LD_LIBRARY_PATH")
-        .args([
-            "vae",
-            "train",
-            "--model",
-            "conv",
-            "--data",
-            "mnist5k",
-            "--steps",
-            &steps,
-            "--device",
-            "cpu",
-            "--sample-every",
-            "500",
-        ])
-        .arg("--out")
-        .arg(&vae))?;
-    run(Command::new(&bin)
-        .env_remove("LD_LIBRARY_PATH")
-        .args(["vae", "sample", "--n", "64", "--seed", "1", "--run"])
-        .arg(&vae)
-        .arg("--out")
-        .arg(out.join("vae-samples.png")))?;
+    let mut grids = Vec::new();
+    for d in DEMO {
+        let steps = ((d.steps as f64 * scale).round() as u64).max(1).to_string();
+        let dir = out.join(d.family);
+        let t = std::time::Instant::now();
+        run(Command::new(&bin)
+            .env_remove("LD_LIBRARY_PATH")
+            .args([d.family, "train", "--model", d.model, "--data", "mnist5k", "--steps", &steps, "--device", "auto"])
+            .args(["--sample-every", "500", "--no-progress"])
+            .args(d.extra)
+            .arg("--out")
+            .arg(&dir))?;
+        let grid = out.join(format!("{}-samples.png", d.family));
+        run(Command::new(&bin)
+            .env_remove("LD_LIBRARY_PATH")
+            .args([d.family, "sample", "--n", "64", "--seed", "1", "--run"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(&grid))?;
+        eprintln!("demo: {} {} ({steps} steps) in {:.0} s", d.family, d.model, t.elapsed().as_secs_f64());
+        grids.push(grid);
+    }
     eprintln!("\ndemo finished in {:.0} s; sample grids:", t0.elapsed().as_secs_f64());
-    eprintln!("  {}", out.join("vae-samples.png").display());
-    eprintln!("  {}/samples/", vae.display());
+    for g in grids {
+        eprintln!("  {}", g.display());
+    }
+    eprintln!("training grids over time are under {}/<family>/samples/", out.display());
     Ok(())
 }
