@@ -4,6 +4,7 @@
 //! family crate.
 mod config_file;
 mod data_cmd;
+mod diffusion_cmd;
 mod gan_cmd;
 mod vae_cmd;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Generative adversarial networks.
     #[command(subcommand)]
     Gan(gan_cmd::GanCommand),
+    /// Denoising diffusion models: train, sample, inpaint, image-to-image.
+    #[command(subcommand)]
+    Diffusion(diffusion_cmd::DiffusionCommand),
     /// Datasets: describe, convert to HDF5, preview.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -172,6 +176,7 @@ fn main() {
     let result = match cli.command {
         Command::Vae(c) => vae_cmd::run(c),
         Command::Gan(c) => gan_cmd::run(c),
+        Command::Diffusion(c) => diffusion_cmd::run(c),
         Command::Data(c) => data_cmd::run(c),
         Command::Info { path } => info(&path),
     };

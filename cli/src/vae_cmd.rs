@@ -17,9 +17,15 @@ pub enum VaeCommand {
     Train(TrainArgs),
     /// Sample from a trained VAE's prior.
     #[command(
-        after_help = "Examples:\n  genlab vae sample --run runs/vae --n 64 --out grid.png\n  genlab vae sample --run runs/vae --n 1000 --out samples.h5 --seed 1"
+        after_help = "Examples:\n  genlab vae sample --run runs/vae --n 64 --out grid.png\n  genlab vae sample --run runs/vae --n 1000 --out samples.h5 --seed 1\n  genlab vae sample --run runs/cvae --n 16 --class 7 --out sevens.png"
     )]
-    Sample(SampleArgs),
+    Sample {
+        #[command(flatten)]
+        common: SampleArgs,
+        /// Draw every sample from this class (conditional VAEs; default: cycle through the classes).
+        #[arg(long)]
+        class: Option<i64>,
+    },
     /// Reconstruct images through the posterior mean (originals above, reconstructions below).
     #[command(after_help = "Examples:\n  genlab vae reconstruct --run runs/vae --data mnist5k --n 16 --out recon.png")]
     Reconstruct {
@@ -108,7 +114,7 @@ pub enum VaeCommand {
 pub fn run(cmd: VaeCommand) -> Result<()> {
     match cmd {
         VaeCommand::Train(a) => train(a),
-        VaeCommand::Sample(a) => sample(a),
+        VaeCommand::Sample { common, class } => sample(common, class),
         VaeCommand::Reconstruct { eval, out } => reconstruct(eval, out),
         VaeCommand::Interpolate { eval, pairs, steps, linear, out } => interpolate(eval, &pairs, steps, linear, out),
         VaeCommand::Anomaly { eval, score, anomalous_class, out } => anomaly(eval, score, anomalous_class, out),
@@ -149,14 +155,20 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn sample(a: SampleArgs) -> Result<()> {
+fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
     if a.n <= 0 {
         anyhow::bail!("--n must be at least 1");
     }
     let device = a.device.resolve()?;
     let (_vs, model, _) = genlab_vae::train::load(&a.run, device)?;
     tch::manual_seed(a.seed as i64);
-    let imgs = genlab_vae::sample::sample_prior(&model, a.n, None)?;
+    let labels = match (class, model.cfg.num_classes) {
+        (None, _) => None,
+        (Some(_), None) => bail!("--class needs a class-conditional VAE (preset cvae); this one is unconditional"),
+        (Some(c), Some(k)) if c < 0 || c >= k => bail!("--class {c} is out of range: the model has classes 0..{k}"),
+        (Some(c), Some(_)) => Some(Tensor::full([a.n], c, (Kind::Int64, device))),
+    };
+    let imgs = genlab_vae::sample::sample_prior(&model, a.n, labels.as_ref())?;
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
     Ok(())

@@ -225,12 +225,20 @@ fn vae_tools_run_and_reject_bad_input() {
     let out = ok(vae(&["likelihood", "--n", "100", "--k", "5"]).output().unwrap());
     assert!(out.contains("IWAE-5"), "{out}");
     // Bad input.
+    let e = fail(genlab().args(["vae", "sample", "--class", "3", "--out", "c.png", "--run"]).arg(&run).output().unwrap());
+    assert!(e.contains("class-conditional"), "{e}");
     let e = fail(vae(&["interpolate", "--pairs", "0:5000", "--out"]).arg(p("x.png")).output().unwrap());
     assert!(e.contains("below 1797"), "{e}");
     genlab_png(&p("mask.png"), 5, 5);
     let e = fail(vae(&["impute", "--mask"]).arg(p("mask.png")).arg("--out").arg(p("y.png")).output().unwrap());
     assert!(e.contains("5x5") && e.contains("8x8"), "{e}");
-    let e = fail(genlab().args(["vae", "reconstruct", "--data", "mnist5k", "--out", "z.png", "--run"]).arg(&run).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["vae", "reconstruct", "--data", "mnist5k", "--out", "z.png", "--run"])
+            .arg(&run)
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("28x28") || e.contains("1x28x28"), "{e}");
 }
 

@@ -11,10 +11,7 @@ pub enum CoreError {
     // The io::Error is part of the message, not a `source`, so that printing the error
     // chain does not repeat it.
     #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("{path}: checkpoint does not match the model:\n{report}")]

@@ -1,6 +1,7 @@
 //! The diffusion crate's error type.
 
-/// Everything that can go wrong building a schedule or running a scheduler.
+/// Everything that can go wrong building a schedule, running a scheduler, or building, training
+/// and sampling a U-Net.
 /// Each variant says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffusionError {
@@ -34,6 +35,19 @@ pub enum DiffusionError {
     TrainTimestep { timestep: f64, expected: String },
     #[error("shape mismatch: {0}")]
     Shape(String),
+    #[error("class labels: {0}")]
+    Labels(String),
+    #[error(
+        "guidance scale {guidance_scale} needs a class-conditional model; this one is unconditional \
+         (train with --cond, or sample with guidance 1)"
+    )]
+    UnconditionalGuidance { guidance_scale: f64 },
+    #[error("{path}: {message}")]
+    Image { path: std::path::PathBuf, message: String },
+    #[error("{path}: this checkpoint belongs to the `{found}` family, not `diffusion`")]
+    WrongFamily { path: std::path::PathBuf, found: String },
+    #[error(transparent)]
+    Core(#[from] genlab_core::CoreError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

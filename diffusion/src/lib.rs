@@ -1,13 +1,22 @@
-//! genlab-diffusion: noise schedules and schedulers (samplers) for diffusion models.
+//! genlab-diffusion: denoising diffusion models.
 //!
 //! - [`schedule`]: beta schedules, cumulative alphas, prediction types, the forward process,
 //!   min-SNR loss weights, and the serialisable [`ScheduleConfig`].
 //! - [`scheduler`]: the [`Scheduler`] trait and DDPM, DDIM, DPM-Solver++(2M), Euler, Euler ancestral
 //!   and Heun, built by name with [`build`].
+//! - [`unet`]: diffusers' `UNet2DModel` ([`UNet2DModel`], [`UNet2DConfig`] and its presets).
+//! - [`loss`]: the denoising objective as free functions.
+//! - [`train`]: the training step for genlab-core's harness ([`train::DiffusionTask`]), and loading runs.
+//! - [`sample`]: sampling with classifier-free guidance, RePaint inpainting and SDEdit image-to-image.
 pub mod error;
+pub mod loss;
+pub mod sample;
 pub mod schedule;
 pub mod scheduler;
+pub mod train;
+pub mod unet;
 
 pub use error::{DiffusionError, Result};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, ScheduleConfig, TimestepSpacing};
 pub use scheduler::{build, Scheduler, SchedulerKind};
+pub use unet::{UNet2DConfig, UNet2DModel};

@@ -1,0 +1,385 @@
+//! Inference: sampling with classifier-free guidance, inpainting and image-to-image.
+//!
+//! - Classifier-free guidance: Ho and Salimans, "Classifier-Free Diffusion Guidance", arXiv 2207.12598,
+//!   eq. 6, `out = out_uncond + g (out_cond - out_uncond)` on the model output (diffusers'
+//!   `pipelines/stable_diffusion/pipeline_stable_diffusion.py`, `guidance_scale`); `g = 1` is plain
+//!   conditional sampling. The combination is linear in the noise prediction for every prediction type.
+//! - Inpainting: Lugmayr et al., "RePaint: Inpainting using Denoising Diffusion Probabilistic Models",
+//!   arXiv 2201.09865, Algorithm 1 with the jump schedule of section 4.2 (diffusers'
+//!   `pipelines/deprecated/repaint/pipeline_repaint.py` and `schedulers/scheduling_repaint.py`).
+//! - Image-to-image: Meng et al., "SDEdit: Guided Image Synthesis and Editing with Stochastic
+//!   Differential Equations", arXiv 2108.01073 (diffusers'
+//!   `pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py`: `strength`, `get_timesteps`).
+//!
+//! Images are in [-1, 1], as in training. Randomness comes from libtorch's global generator, so
+//! `tch::manual_seed` makes every function here reproducible.
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{DiffusionError, Result};
+use crate::schedule::{NoiseSchedule, ScheduleConfig};
+use crate::scheduler::{build, Scheduler, SchedulerKind};
+use crate::unet::UNet2DModel;
+
+/// Labels and guidance checked against the model: `None` for an unconditional model, else one label
+/// per sample on the model's device (classes cycled `0, 1, ..` when none are given).
+fn resolve_labels(model: &UNet2DModel, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Option<Tensor>> {
+    if !guidance_scale.is_finite() || guidance_scale < 0.0 {
+        return Err(DiffusionError::Config(format!("guidance scale must be finite and >= 0, got {guidance_scale}")));
+    }
+    match (model.num_classes(), labels) {
+        (None, _) if guidance_scale != 1.0 => Err(DiffusionError::UnconditionalGuidance { guidance_scale }),
+        (None, Some(_)) => Err(DiffusionError::Labels("this model is unconditional: it takes no class labels".into())),
+        (None, None) => Ok(None),
+        (Some(k), None) => Ok(Some(Tensor::arange(n, (Kind::Int64, model.device())).remainder(k.max(1)))),
+        (Some(k), Some(l)) => {
+            if l.size() != [n] {
+                return Err(DiffusionError::Labels(format!("expected {n} labels, got shape {:?}", l.size())));
+            }
+            let l = l.f_to_kind(Kind::Int64)?.f_to_device(model.device())?;
+            if n > 0 && (l.min().int64_value(&[]) < 0 || l.max().int64_value(&[]) > k) {
+                return Err(DiffusionError::Labels(format!(
+                    "labels must be classes 0..{k} (or {k}, the null class), got {:?}",
+                    Vec::<i64>::try_from(&l).unwrap_or_default()
+                )));
+            }
+            Ok(Some(l))
+        }
+    }
+}
+
+/// The model output at `x`, with classifier-free guidance when `guidance_scale != 1`.
+///
+/// # Shapes
+/// - `x`: [n, c, h, w], `labels`: [n] -> [n, c, h, w]
+fn guided_output(
+    model: &UNet2DModel,
+    x: &Tensor,
+    timestep: f64,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    let t = Tensor::from(timestep).to_kind(Kind::Float);
+    match (labels, model.null_class()) {
+        (Some(l), Some(null)) if guidance_scale != 1.0 => {
+            let both = model.forward_t(
+                &Tensor::cat(&[x, x], 0),
+                &t,
+                Some(&Tensor::cat(&[l, &l.full_like(null)], 0)),
+                false,
+            )?;
+            let halves = both.chunk(2, 0);
+            let (cond, uncond) = (&halves[0], &halves[1]);
+            Ok(uncond + (cond - uncond) * guidance_scale)
+        }
+        _ => model.forward_t(x, &t, labels, false),
+    }
+}
+
+/// Run `scheduler` from `x` over `timesteps`, each model call guided.
+fn denoise(
+    model: &UNet2DModel,
+    scheduler: &mut dyn Scheduler,
+    mut x: Tensor,
+    timesteps: &[f64],
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    for &t in timesteps {
+        let input = scheduler.scale_model_input(&x, t)?;
+        let out = guided_output(model, &input, t, labels, guidance_scale)?;
+        x = scheduler.step(&out, t, &x)?;
+    }
+    Ok(x.clamp(-1.0, 1.0))
+}
+
+/// `n` samples from noise with `steps` steps of the scheduler `kind`. A class-conditional model takes
+/// `labels` (classes cycled when `None`); `guidance_scale` other than 1 applies classifier-free
+/// guidance, an error for an unconditional model. 0 or more than the training timesteps is
+/// [`DiffusionError::InferenceSteps`].
+///
+/// # Shapes
+/// - `labels`: [n] int64
+/// - returns [n, in_channels, sample_size.0, sample_size.1] in [-1, 1]
+pub fn sample(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    kind: SchedulerKind,
+    steps: usize,
+    n: i64,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    if n < 1 {
+        return Err(DiffusionError::Config(format!("the number of samples must be at least 1, got {n}")));
+    }
+    let mut scheduler = build(kind, schedule, steps)?;
+    let labels = resolve_labels(model, labels, n, guidance_scale)?;
+    let [h, w] = model.cfg.sample_size;
+    let shape = [n, model.cfg.in_channels, h, w];
+    tch::no_grad(|| {
+        let x = Tensor::randn(shape, (Kind::Float, model.device())) * scheduler.init_noise_sigma();
+        let timesteps = scheduler.timesteps().to_vec();
+        denoise(model, scheduler.as_mut(), x, &timesteps, labels.as_ref(), guidance_scale)
+    })
+}
+
+/// RePaint's resampling: after reaching every `jump_length`-th noise level, go back up `jump_length`
+/// levels with the forward process and denoise again, `resamplings - 1` times, so that the generated
+/// region harmonises with the known one. `jump_length 1, resamplings 1` is plain replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RePaint {
+    pub jump_length: usize,
+    pub resamplings: usize,
+}
+
+impl Default for RePaint {
+    /// The paper's setting (Lugmayr et al. 2022, section 4.2): j = 10, r = 10.
+    fn default() -> Self {
+        RePaint { jump_length: 10, resamplings: 10 }
+    }
+}
+
+impl RePaint {
+    /// The noise levels visited, from `levels` (pure noise) down to 0 (clean): each move is one level
+    /// down (a reverse step) or `jump_length` up (the forward process), as diffusers' `get_schedule_jump`.
+    pub fn levels(&self, levels: usize) -> Vec<usize> {
+        let j = self.jump_length.max(1);
+        // Jump only from levels a whole jump below pure noise.
+        let mut jumps: HashMap<usize, usize> =
+            (j..=levels.saturating_sub(j)).step_by(j).map(|l| (l, self.resamplings.saturating_sub(1))).collect();
+        let mut level = levels;
+        let mut out = vec![level];
+        while level > 0 {
+            level -= 1;
+            out.push(level);
+            if let Some(left) = jumps.get_mut(&level).filter(|left| **left > 0) {
+                *left -= 1;
+                level += j;
+                out.push(level);
+            }
+        }
+        out
+    }
+}
+
+/// Check that `mask` fits `image`: [n or 1, 1 or c, h, w].
+fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
+    let (i, m) = (image.size(), mask.size());
+    let fits =
+        i.len() == 4 && m.len() == 4 && (m[0] == i[0] || m[0] == 1) && (m[1] == i[1] || m[1] == 1) && m[2..] == i[2..];
+    if fits {
+        Ok(())
+    } else {
+        let either = |d: Option<&i64>| match d {
+            Some(1) | None => "1".to_string(),
+            Some(d) => format!("{d} or 1"),
+        };
+        let hw = i.get(2..).map(|s| format!("{s:?}")).unwrap_or_default();
+        Err(DiffusionError::Shape(format!(
+            "the mask has shape {m:?}, the image {i:?}: expected [{}, {}, height, width] with height and width {hw}",
+            either(i.first()),
+            either(i.get(1)),
+        )))
+    }
+}
+
+/// Fill the unknown region of `image` (where `mask` is 0; 1 marks known pixels, values are rounded at
+/// 0.5) with RePaint and DDPM over `steps` inference steps. At every step the known region is
+/// replaced by the original noised to that step's noise level, so at the end it is the original exactly.
+///
+/// # Shapes
+/// - `image`: [n, in_channels, h, w] in [-1, 1]
+/// - `mask`: [n or 1, 1 or in_channels, h, w]
+/// - `labels`: [n] int64
+/// - returns [n, in_channels, h, w] in [-1, 1]
+pub fn inpaint(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    image: &Tensor,
+    mask: &Tensor,
+    steps: usize,
+    repaint: RePaint,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    check_mask(image, mask)?;
+    if repaint.jump_length == 0 || repaint.resamplings == 0 {
+        return Err(DiffusionError::Config(format!(
+            "RePaint needs jump_length >= 1 and resamplings >= 1, got {} and {}",
+            repaint.jump_length, repaint.resamplings
+        )));
+    }
+    let mut scheduler = build(SchedulerKind::Ddpm, schedule, steps)?;
+    let n = image.size()[0];
+    let labels = resolve_labels(model, labels, n, guidance_scale)?;
+    let noise_schedule = NoiseSchedule::new(schedule)?;
+    let abar = noise_schedule.alphas_cumprod();
+    let timesteps = scheduler.timesteps().to_vec();
+    let k = timesteps.len();
+    // Level l >= 1 is inference timestep k - l; level 0 is the clean image.
+    let timestep = |l: usize| timesteps[k - l];
+    let abar_at = |l: usize| if l == 0 { 1.0 } else { abar[timestep(l) as usize] };
+    let device = model.device();
+    tch::no_grad(|| {
+        let original = image.f_to_kind(Kind::Float)?.f_to_device(device)?;
+        let known = mask.f_to_kind(Kind::Float)?.f_to_device(device)?.f_gt(0.5)?.to_kind(Kind::Float);
+        let unknown = known.ones_like() - &known;
+        let mut x = original.randn_like();
+        let levels = repaint.levels(k);
+        for w in levels.windows(2) {
+            let (from, to) = (w[0], w[1]);
+            if to < from {
+                let t = timestep(from);
+                let out = guided_output(model, &x, t, labels.as_ref(), guidance_scale)?;
+                let generated = scheduler.step(&out, t, &x)?;
+                let known_part = if to == 0 {
+                    original.shallow_clone()
+                } else {
+                    let t_to = Tensor::from_slice(&[timestep(to) as i64]);
+                    noise_schedule.add_noise(&original, &original.randn_like(), &t_to)?
+                };
+                x = &known * known_part + &unknown * generated;
+            } else {
+                // q(x_to | x_from): the forward process over the jump.
+                let ratio = abar_at(to) / abar_at(from);
+                let z = x.randn_like();
+                x = x * ratio.sqrt() + z * (1.0 - ratio).sqrt();
+            }
+        }
+        // Known pixels are exact; only generated ones are clipped.
+        Ok(&known * &original + &unknown * x.clamp(-1.0, 1.0))
+    })
+}
+
+/// SDEdit: noise `image` to `strength` (0 < strength <= 1) of the way along the sampler's schedule,
+/// then denoise it with the scheduler `kind` from there. Strength 1 ignores the image; small
+/// strengths stay close to it. Of `steps` inference steps, `floor(steps * strength)` are run.
+///
+/// # Shapes
+/// - `image`: [n, in_channels, h, w] in [-1, 1]
+/// - `labels`: [n] int64
+/// - returns [n, in_channels, h, w] in [-1, 1]
+pub fn img2img(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    kind: SchedulerKind,
+    steps: usize,
+    image: &Tensor,
+    strength: f64,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(DiffusionError::Config(format!("strength must be in (0, 1], got {strength}")));
+    }
+    let mut scheduler = build(kind, schedule, steps)?;
+    let n = match image.size().as_slice() {
+        &[n, c, _, _] if c == model.cfg.in_channels && n > 0 => n,
+        s => {
+            return Err(DiffusionError::Shape(format!(
+                "the image has shape {s:?}: expected [n, {}, height, width]",
+                model.cfg.in_channels
+            )))
+        }
+    };
+    let labels = resolve_labels(model, labels, n, guidance_scale)?;
+    let all = scheduler.timesteps().to_vec();
+    let mut distinct = all.clone();
+    distinct.dedup();
+    let run = ((distinct.len() as f64 * strength).floor() as usize).min(distinct.len());
+    if run == 0 {
+        return Err(DiffusionError::Config(format!(
+            "strength {strength} of {} steps runs no denoising step: raise the strength or the steps",
+            distinct.len()
+        )));
+    }
+    let start = distinct[distinct.len() - run];
+    // A second-order scheduler lists its timesteps twice; start where it expects a loop to start
+    // mid-schedule (diffusers' `timesteps[t_start * order:]`).
+    let from = all.iter().rposition(|&t| t == start).unwrap_or(0);
+    tch::no_grad(|| {
+        let original = image.f_to_kind(Kind::Float)?.f_to_device(model.device())?;
+        let x = scheduler.add_noise(&original, &original.randn_like(), &Tensor::from_slice(&[start]))?;
+        denoise(model, scheduler.as_mut(), x, &all[from..], labels.as_ref(), guidance_scale)
+    })
+}
+
+/// Read a PNG (or JPEG) as a batch of one image in [-1, 1] with `channels` channels: grey images
+/// for 1, RGB for 3 (an alpha channel is dropped). Any other combination is an error naming the file.
+///
+/// # Shapes
+/// - returns [1, channels, h, w]
+pub fn read_image(path: &Path, channels: i64) -> Result<Tensor> {
+    let img =
+        image::open(path).map_err(|e| DiffusionError::Image { path: path.to_path_buf(), message: e.to_string() })?;
+    let grey = !img.color().has_color();
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let bytes = match (channels, grey) {
+        (1, true) => img.into_luma8().into_raw(),
+        (3, false) => img.into_rgb8().into_raw(),
+        _ => {
+            return Err(DiffusionError::Image {
+                path: path.to_path_buf(),
+                message: format!(
+                    "a {} image ({:?}) for a {channels}-channel model: expected {}",
+                    if grey { "greyscale" } else { "colour" },
+                    img.color(),
+                    match channels {
+                        1 => "a greyscale image",
+                        3 => "an RGB image",
+                        _ => "an image of 1 or 3 channels",
+                    }
+                ),
+            })
+        }
+    };
+    let hwc = Tensor::from_slice(&bytes).view([h, w, channels]);
+    Ok((hwc.permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 127.5 - 1.0).contiguous())
+}
+
+/// Read an inpainting mask: white (>= 128 in luma) marks known pixels, black the region to generate.
+///
+/// # Shapes
+/// - returns [1, 1, h, w] of 0 and 1
+pub fn read_mask(path: &Path) -> Result<Tensor> {
+    let img =
+        image::open(path).map_err(|e| DiffusionError::Image { path: path.to_path_buf(), message: e.to_string() })?;
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let luma = Tensor::from_slice(&img.into_luma8().into_raw()).view([1, 1, h, w]);
+    Ok(luma.ge(128).to_kind(Kind::Float))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repaint_levels_follow_the_jump_schedule() {
+        let plain = RePaint { jump_length: 1, resamplings: 1 }.levels(3);
+        assert_eq!(plain, vec![3, 2, 1, 0]);
+        let r2 = RePaint { jump_length: 1, resamplings: 2 }.levels(3);
+        assert_eq!(r2, vec![3, 2, 3, 2, 1, 2, 1, 0]);
+        let j2 = RePaint { jump_length: 2, resamplings: 2 }.levels(5);
+        assert_eq!(j2, vec![5, 4, 3, 2, 4, 3, 2, 1, 0]);
+        // Every down move is one level, every up move one jump.
+        for w in RePaint::default().levels(100).windows(2) {
+            assert!(w[1] + 1 == w[0] || w[1] == w[0] + 10, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn masks_of_the_wrong_shape_are_errors() {
+        let img = Tensor::zeros([2, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+        for ok in [[2, 1, 8, 8], [1, 3, 8, 8], [1, 1, 8, 8]] {
+            check_mask(&img, &Tensor::zeros(ok, (Kind::Float, tch::Device::Cpu))).unwrap();
+        }
+        for bad in [vec![2, 1, 8, 7], vec![3, 1, 8, 8], vec![1, 2, 8, 8], vec![8, 8]] {
+            let e = check_mask(&img, &Tensor::zeros(bad.as_slice(), (Kind::Float, tch::Device::Cpu)));
+            assert!(matches!(e, Err(DiffusionError::Shape(_))), "{bad:?}");
+        }
+    }
+}
