@@ -246,3 +246,42 @@ fn vae_tools_run_and_reject_bad_input() {
 fn genlab_png(path: &Path, h: u32, w: u32) {
     image::save_buffer(path, &vec![255u8; (h * w) as usize], w, h, image::ExtendedColorType::L8).unwrap();
 }
+
+#[test]
+fn gan_and_diffusion_train_sample_and_edit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let common = ["--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "32", "--steps", "6"];
+    // GAN
+    ok(genlab().args(["gan", "train", "--model", "dcgan"]).args(common).arg("--out").arg(p("gan")).output().unwrap());
+    ok(genlab().args(["gan", "sample", "--n", "4", "--run"]).arg(p("gan")).arg("--out").arg(p("g.png")).output().unwrap());
+    let e = fail(genlab().args(["gan", "sample", "--n", "4", "--class", "2", "--run"]).arg(p("gan")).arg("--out").arg(p("x.png")).output().unwrap());
+    assert!(e.contains("class"), "{e}");
+    // Diffusion
+    ok(genlab().args(["diffusion", "train", "--model", "unet-tiny"]).args(common).arg("--out").arg(p("ddpm")).output().unwrap());
+    let sample = |extra: &[&str]| {
+        let mut c = genlab();
+        c.args(["diffusion", "sample", "--n", "4", "--run"]).arg(p("ddpm")).args(extra);
+        c
+    };
+    ok(sample(&["--sampler", "dpmpp-2m", "--steps", "5", "--out"]).arg(p("d.png")).output().unwrap());
+    assert!(std::fs::metadata(p("d.png")).unwrap().len() > 50);
+    let e = fail(sample(&["--steps", "0", "--out"]).arg(p("y.png")).output().unwrap());
+    assert!(e.contains('0'), "{e}");
+    let e = fail(sample(&["--steps", "5", "--guidance", "3", "--out"]).arg(p("y.png")).output().unwrap());
+    assert!(e.contains("guidance"), "{e}");
+    // Inpaint and img2img from PNGs of the model's size.
+    genlab_png(&p("in.png"), 8, 8);
+    image::save_buffer(p("mask.png"), &[255u8, 255, 255, 255, 0, 0, 0, 0].repeat(8), 8, 8, image::ExtendedColorType::L8).unwrap();
+    ok(genlab().args(["diffusion", "inpaint", "--steps", "10", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--mask").arg(p("mask.png")).arg("--out").arg(p("f.png")).output().unwrap());
+    let filled = image::open(p("f.png")).unwrap().to_luma8();
+    assert_eq!(filled.get_pixel(0, 0).0[0], 255, "a known pixel changed");
+    ok(genlab().args(["diffusion", "img2img", "--steps", "10", "--strength", "0.5", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--out").arg(p("i.png")).output().unwrap());
+    // A colour image for a greyscale model, and a mask of the wrong size.
+    image::save_buffer(p("rgb.png"), &[10u8, 200, 30].repeat(64), 8, 8, image::ExtendedColorType::Rgb8).unwrap();
+    let e = fail(genlab().args(["diffusion", "img2img", "--run"]).arg(p("ddpm")).arg("--input").arg(p("rgb.png")).arg("--out").arg(p("j.png")).output().unwrap());
+    assert!(e.contains("rgb.png") && e.contains("1-channel"), "{e}");
+    genlab_png(&p("small-mask.png"), 4, 4);
+    let e = fail(genlab().args(["diffusion", "inpaint", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--mask").arg(p("small-mask.png")).arg("--out").arg(p("k.png")).output().unwrap());
+    assert!(e.contains("mask"), "{e}");
+}

@@ -86,7 +86,9 @@ fn test() -> Result<()> {
     let t0 = std::time::Instant::now();
     run(cargo(&lt).args(["fmt", "--all", "--", "--check"]))?;
     run(cargo(&lt).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo(&lt).args(["test", "--workspace"]))?;
+    // cargo runs tests in parallel; libtorch's OpenMP pool in every test on top of that
+    // oversubscribes the cores, and spinning workers then slow the suite about tenfold.
+    run(cargo(&lt).args(["test", "--workspace"]).env("OMP_NUM_THREADS", "1"))?;
     eprintln!("xtask test: all passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
