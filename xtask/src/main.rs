@@ -104,6 +104,7 @@ struct DemoRun {
 const DEMO: &[DemoRun] = &[
     DemoRun { family: "vae", model: "conv", steps: 1500, extra: &[] },
     DemoRun { family: "gan", model: "dcgan", steps: 1000, extra: &[] },
+    DemoRun { family: "diffusion", model: "unet-tiny", steps: 1500, extra: &["--batch-size", "64"] },
 ];
 
 fn demo(args: &[String]) -> Result<()> {
