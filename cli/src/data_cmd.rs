@@ -5,7 +5,8 @@ use genlab_data::{Crop, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const DATASET_HELP: &str = "Dataset: a built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test), \
+pub const DATASET_HELP: &str = "Dataset: a built-in name (mnist5k, digits, fashion-mnist, fashion-mnist:test, \
+mnist, cifar10 after `cargo xtask download`, openmoji-color[@SIZE], openmoji-black[@SIZE]), \
 an HDF5 file (file.h5 or file.h5:dataset), an IDX file, cifar10:DIR, or an image folder (sub-folders are classes)";
 
 /// How to read a dataset (mostly for image folders).

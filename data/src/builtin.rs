@@ -10,22 +10,42 @@
 //! - `mnist` / `mnist:test`: the full MNIST (70,000 images), and `cifar10` / `cifar10:test`
 //!   (CIFAR-10 binary version, Krizhevsky 2009), from the data folder, where
 //!   `cargo xtask download mnist|cifar10` puts them.
+//! - `openmoji-color[@SIZE]` / `openmoji-black[@SIZE]`: OpenMoji's 4,495 emoji in colour and
+//!   as black line art (CC BY-SA 4.0), rasterised from the npm package `openmoji` that
+//!   `cargo xtask setup` installs; see [`crate::openmoji`].
 //!
 //! The data folder is `$GENLAB_DATA_DIR`, else `~/.cache/genlab`.
 use crate::dataset::InMemory;
 use crate::error::{DataError, Result};
 use crate::idx::read_idx;
+use crate::openmoji::{OpenMoji, OpenMojiOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const NAMES: &[&str] =
-    &["mnist5k", "digits", "fashion-mnist", "fashion-mnist:test", "mnist", "mnist:test", "cifar10", "cifar10:test"];
+pub const NAMES: &[&str] = &[
+    "mnist5k",
+    "digits",
+    "fashion-mnist",
+    "fashion-mnist:test",
+    "mnist",
+    "mnist:test",
+    "cifar10",
+    "cifar10:test",
+    "openmoji-color",
+    "openmoji-black",
+];
 
 static MNIST5K_CSV_GZ: &[u8] = include_bytes!("../assets/mnist_5k.csv.gz");
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../assets/digits.csv.gz");
 
 /// Open a built-in dataset by name; `None` if the name is not built in.
 pub fn open_builtin(name: &str) -> Option<Result<InMemory>> {
+    if let Some(parsed) = crate::openmoji::parse_spec(name) {
+        return Some(parsed.and_then(|(style, size)| {
+            let opts = OpenMojiOptions { size: size.unwrap_or(crate::openmoji::DEFAULT_SIZE), ..Default::default() };
+            Ok(OpenMoji::open(style, &opts)?.into_in_memory())
+        }));
+    }
     Some(match name {
         "mnist5k" => csv_gz("mnist5k", MNIST5K_CSV_GZ, 28, 255),
         "digits" => csv_gz("digits", DIGITS_CSV_GZ, 8, 16),

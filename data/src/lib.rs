@@ -13,6 +13,7 @@ pub mod folder;
 pub mod h5;
 pub mod idx;
 pub mod loader;
+pub mod openmoji;
 pub mod tools;
 
 pub use dataset::{batch_of, Dataset, InMemory, Item, Subset};
@@ -20,6 +21,7 @@ pub use error::{DataError, Result};
 pub use folder::{Crop, FolderDataset};
 pub use h5::{write_h5, write_matrix_h5, H5Dataset, H5Writer};
 pub use loader::{Loader, LoaderConfig};
+pub use openmoji::{openmoji_pairs, OpenMoji, OpenMojiOptions};
 pub use tools::{convert, info, preview};
 
 use std::path::{Path, PathBuf};
@@ -41,7 +43,9 @@ pub struct OpenOptions {
 }
 
 /// Open a dataset as the CLI names it, with default [`OpenOptions`]:
-/// - a built-in name (`mnist5k`, `digits`, `fashion-mnist`, `fashion-mnist:test`);
+/// - a built-in name (`mnist5k`, `digits`, `fashion-mnist`, `fashion-mnist:test`), including
+///   `openmoji-color[@SIZE]` and `openmoji-black[@SIZE]` (see [`openmoji`]; `size`, `channels`
+///   and `skip_bad` apply to these too);
 /// - `cifar10:DIR` or `cifar10-test:DIR` (CIFAR-10's binary batches);
 /// - `file.h5` or `file.hdf5`, optionally `:path/to/dataset` (default `images`);
 /// - an IDX images file `*idx3-ubyte[.gz]`, with the labels file beside it when it is named
@@ -53,6 +57,10 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
 
 /// [`open`] with options.
 pub fn open_with(spec: &str, opts: &OpenOptions) -> Result<Arc<dyn Dataset>> {
+    if let Some(parsed) = openmoji::parse_spec(spec) {
+        let (style, suffix) = parsed?;
+        return Ok(Arc::new(OpenMoji::open(style, &openmoji::options_for(spec, suffix, opts)?)?));
+    }
     let ds: Arc<dyn Dataset> = if let Some(ds) = builtin::open_builtin(spec) {
         Arc::new(ds?)
     } else if let Some(dir) = spec.strip_prefix("cifar10:") {

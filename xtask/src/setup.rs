@@ -159,9 +159,40 @@ pub fn python_packages(root: &Path, pkgs: &[&str]) -> Result<PathBuf> {
     Ok(py)
 }
 
+/// The npm package `openmoji` (SVGs, CC BY-SA 4.0) that genlab-data's `openmoji-color` and
+/// `openmoji-black` datasets rasterise, installed under the data folder. Without npm this only
+/// says what to install: the rest of genlab works without OpenMoji.
+fn openmoji() -> Result<()> {
+    const VERSION: &str = "17.0.0"; // genlab_data::openmoji::VERSION
+    if std::env::var_os("GENLAB_OPENMOJI_DIR").is_some() {
+        return Ok(());
+    }
+    let prefix = crate::download::data_dir()?.join("openmoji-npm");
+    let pkg = prefix.join("node_modules/openmoji");
+    let manifest = std::fs::read_to_string(pkg.join("package.json")).unwrap_or_default();
+    if manifest.contains(&format!("\"version\": \"{VERSION}\""))
+        && pkg.join("color/svg").is_dir()
+        && pkg.join("black/svg").is_dir()
+    {
+        return Ok(());
+    }
+    let package = format!("openmoji@{VERSION}");
+    let install = format!("npm install --prefix {} {package} --no-audit --no-fund", prefix.display());
+    if Command::new("npm").arg("--version").output().is_err() {
+        eprintln!("setup: npm not found, so the openmoji-* datasets are not installed; install Node.js with npm (e.g. `apt-get install nodejs npm`), then run `cargo xtask setup` or `{install}`");
+        return Ok(());
+    }
+    eprintln!("setup: installing {package} (4 MB download, 43 MB of SVGs) into {}", prefix.display());
+    crate::run(
+        Command::new("npm").args(["install", "--prefix"]).arg(&prefix).arg(&package).args(["--no-audit", "--no-fund"]),
+    )
+    .with_context(|| format!("installing OpenMoji from the npm registry (by hand: {install})"))
+}
+
 pub fn setup() -> Result<PathBuf> {
     let root = crate::root();
     system_packages()?;
+    openmoji()?;
     let lt = libtorch(&root)?;
     eprintln!("setup: libtorch {TORCH_VERSION} at {}", std::fs::canonicalize(&lt).unwrap_or(lt.clone()).display());
     Ok(lt)
