@@ -10,12 +10,13 @@ use tch::{Kind, Tensor};
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
-    /// Train a VAE (presets: mlp, conv, conv-large, beta-vae, cvae).
+    /// Train a VAE (presets: mlp, conv, conv-large, beta-vae, cvae) or a latent-diffusion KL autoencoder
+    /// (kl-f2, kl-f4, sd15).
     #[command(
-        after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae train --model mlp --data digits --steps 500 --out runs/vae-digits --batch-size 64 --lr 2e-3\n  genlab vae train --config vae.toml --resume"
+        after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae train --model kl-f4 --data mnist5k --steps 2000 --out runs/kl-f4\n  genlab vae train --model mlp --data digits --steps 500 --out runs/vae-digits --batch-size 64 --lr 2e-3\n  genlab vae train --config vae.toml --resume"
     )]
     Train(TrainArgs),
-    /// Sample from a trained VAE's prior.
+    /// Sample from a trained VAE's prior (a KL autoencoder: decodes of random unit-variance latents).
     #[command(
         after_help = "Examples:\n  genlab vae sample --run runs/vae --n 64 --out grid.png\n  genlab vae sample --run runs/vae --n 1000 --out samples.h5 --seed 1\n  genlab vae sample --run runs/cvae --n 16 --class 7 --out sevens.png"
     )]
@@ -26,7 +27,8 @@ pub enum VaeCommand {
         #[arg(long)]
         class: Option<i64>,
     },
-    /// Reconstruct images through the posterior mean (originals above, reconstructions below).
+    /// Reconstruct images through the posterior mean (originals above, reconstructions below); VAEs and
+    /// KL autoencoders.
     #[command(after_help = "Examples:\n  genlab vae reconstruct --run runs/vae --data mnist5k --n 16 --out recon.png")]
     Reconstruct {
         #[command(flatten)]
@@ -125,6 +127,18 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    let config_path = a.out.join("config.json");
+    let kl = if a.resume && config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
+        genlab_vae::train_kl::is_kl_config(&value)
+    } else {
+        genlab_vae::train_kl::is_preset(&a.model)
+    };
+    if kl {
+        return train_kl(a);
+    }
     let device = a.device.resolve()?;
     let run = if a.resume && a.out.join("config.json").is_file() {
         // The run's own configuration wins: the model must match its checkpoints.
@@ -155,11 +169,54 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `genlab vae train` for the KL autoencoder presets (`genlab_vae::train_kl`).
+fn train_kl(a: TrainArgs) -> Result<()> {
+    use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
+    let device = a.device.resolve()?;
+    let run = if a.resume && a.out.join("config.json").is_file() {
+        let text = std::fs::read_to_string(a.out.join("config.json"))?;
+        serde_json::from_str::<KlRunConfig>(&text).with_context(|| {
+            format!("{}: not a KL autoencoder run configuration", a.out.join("config.json").display())
+        })?
+    } else {
+        let ds = a.data_options.open(&a.data, a.seed)?;
+        let [c, h, w] = ds.shape();
+        let mut run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+        run.lr = a.lr.unwrap_or(run.lr);
+        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+        run.precision = a.precision;
+        run
+    };
+    let ds = a.data_options.open(&run.data, a.seed)?;
+    let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
+    genlab_core::seed::manual_seed(a.seed as i64);
+    let mut task = KlAutoencoderTask::new(run, device)?;
+    let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
+    eprintln!(
+        "{:?} at step {}; checkpoint {}",
+        out.status,
+        out.step,
+        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+    );
+    Ok(())
+}
+
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
     if a.n <= 0 {
         anyhow::bail!("--n must be at least 1");
     }
     let device = a.device.resolve()?;
+    if genlab_vae::train_kl::is_kl_run(&a.run)? {
+        if class.is_some() {
+            bail!("--class needs a class-conditional VAE; this is a KL autoencoder");
+        }
+        let (_vs, model, _) = genlab_vae::train_kl::load(&a.run, device)?;
+        tch::manual_seed(a.seed as i64);
+        let imgs = genlab_vae::sample::decode_random_latents(&model, a.n)?;
+        genlab_core::images::save_samples(&imgs, &a.out, None)?;
+        eprintln!("wrote {} decodes of random latents to {}", a.n, a.out.display());
+        return Ok(());
+    }
     let (_vs, model, _) = genlab_vae::train::load(&a.run, device)?;
     tch::manual_seed(a.seed as i64);
     let labels = match (class, model.cfg.num_classes) {
@@ -249,6 +306,9 @@ impl Loaded {
 }
 
 fn reconstruct(e: EvalArgs, out: PathBuf) -> Result<()> {
+    if genlab_vae::train_kl::is_kl_run(&e.run)? {
+        return reconstruct_kl(e, out);
+    }
     let l = EvalArgs { n: Some(e.n.unwrap_or(16)), ..e }.load()?;
     let idx: Vec<usize> = (0..l.count).collect();
     let (x, y) = genlab_data::batch_of(l.ds.as_ref(), &idx)?;
@@ -258,6 +318,33 @@ fn reconstruct(e: EvalArgs, out: PathBuf) -> Result<()> {
     let u8s = genlab_core::images::to_u8(&Tensor::cat(&[x, r], 0));
     genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, l.count as i64, 2)?, &out)?;
     eprintln!("wrote {} originals and reconstructions to {}", l.count, out.display());
+    Ok(())
+}
+
+fn reconstruct_kl(e: EvalArgs, out: PathBuf) -> Result<()> {
+    let device = e.device.resolve()?;
+    let (_vs, model, _) = genlab_vae::train_kl::load(&e.run, device)?;
+    let ds = e.data_options.open(&e.data, e.seed)?;
+    let n = e.n.unwrap_or(16).min(ds.len());
+    if n == 0 {
+        bail!("{}: no images to use", e.data);
+    }
+    let idx: Vec<usize> = (0..n).collect();
+    let (x, _) = genlab_data::batch_of(ds.as_ref(), &idx)?;
+    let x = x.to_device(device);
+    let r = genlab_vae::sample::reconstruct_kl(&model, &x)?;
+    if r.size() != x.size() {
+        bail!(
+            "{}: images {:?} reconstruct as {:?}: height and width must be multiples of {}",
+            e.data,
+            x.size(),
+            r.size(),
+            model.cfg.downsampling_factor()
+        );
+    }
+    let u8s = genlab_core::images::to_u8(&Tensor::cat(&[x, r], 0));
+    genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, n as i64, 2)?, &out)?;
+    eprintln!("wrote {n} originals and reconstructions to {}", out.display());
     Ok(())
 }
 

@@ -225,20 +225,33 @@ impl Module for TimestepEmbedding {
 #[derive(Debug)]
 pub struct Downsample2D {
     conv: nn::Conv2D,
+    /// diffusers' `padding = 0`: one zero row and column on the bottom and right, then an unpadded conv.
+    pad_bottom_right: bool,
 }
 
 impl Downsample2D {
     pub fn new(vs: nn::Path<'_>, channels: i64, out_channels: i64) -> Self {
-        let cfg = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
-        Downsample2D { conv: nn::conv2d(&vs / "conv", channels, out_channels, 3, cfg) }
+        Self::with_padding(vs, channels, out_channels, 1)
+    }
+
+    /// diffusers' `padding` argument. The VAE encoder (`DownEncoderBlock2D`, `downsample_padding=0`)
+    /// uses 0, which diffusers turns into an asymmetric `F.pad(x, (0, 1, 0, 1))` before a conv without padding.
+    pub fn with_padding(vs: nn::Path<'_>, channels: i64, out_channels: i64, padding: i64) -> Self {
+        let cfg = nn::ConvConfig { stride: 2, padding, ..Default::default() };
+        Downsample2D { conv: nn::conv2d(&vs / "conv", channels, out_channels, 3, cfg), pad_bottom_right: padding == 0 }
     }
 }
 
 impl Module for Downsample2D {
     /// # Shapes
-    /// - `xs`: [batch, c, h, w] -> [batch, out_channels, ceil(h / 2), ceil(w / 2)]
+    /// - `xs`: [batch, c, h, w] -> [batch, out_channels, ceil(h / 2), ceil(w / 2)] (padding 1),
+    ///   [batch, out_channels, floor(h / 2), floor(w / 2)] (padding 0)
     fn forward(&self, xs: &Tensor) -> Tensor {
-        self.conv.forward(xs)
+        if self.pad_bottom_right {
+            self.conv.forward(&xs.constant_pad_nd([0, 1, 0, 1]))
+        } else {
+            self.conv.forward(xs)
+        }
     }
 }
 
@@ -302,6 +315,9 @@ mod tests {
         }
         let down = Downsample2D::new(vs.root() / "down", 64, 64);
         assert_eq!(down.forward(&y).size(), [2, 64, 4, 4]);
+        let vae_down = Downsample2D::with_padding(vs.root() / "vae_down", 64, 64, 0);
+        assert_eq!(vae_down.forward(&y).size(), [2, 64, 4, 4]);
+        assert_eq!(vae_down.forward(&y.narrow(2, 0, 7).narrow(3, 0, 7)).size(), [2, 64, 3, 3]);
         let up = Upsample2D::new(vs.root() / "up", 64, 32);
         assert_eq!(up.forward_to(&y, Some((15, 15))).size(), [2, 32, 15, 15]);
     }

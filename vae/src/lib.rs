@@ -1,13 +1,16 @@
 //! genlab-vae: the variational autoencoder family.
 //!
 //! - [`model`]: MLP and convolutional VAEs, Bernoulli/Gaussian decoders, conditional VAEs.
+//! - [`autoencoder_kl`]: latent diffusion's KL autoencoder, loading diffusers' `AutoencoderKL` weights.
 //! - [`loss`]: the ELBO's terms as free functions.
 //! - [`train`]: the training step for genlab-core's harness, and loading trained runs.
+//! - [`train_kl`]: the same for the KL autoencoder (`--model kl-f2|kl-f4|sd15`).
 //! - [`sample`]: sampling and reconstruction.
 //! - [`interpolate`], [`anomaly`], [`embed`], [`impute`], [`likelihood`]: latent tools —
 //!   interpolation grids, anomaly scores and ROC-AUC, latent embeddings and a linear probe,
 //!   imputation of missing pixels, and the IWAE bound on log-likelihood.
 pub mod anomaly;
+pub mod autoencoder_kl;
 pub mod embed;
 pub mod error;
 pub mod impute;
@@ -17,6 +20,8 @@ pub mod loss;
 pub mod model;
 pub mod sample;
 pub mod train;
+pub mod train_kl;
 
+pub use autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian};
 pub use error::{Result, VaeError};
 pub use model::{Vae, VaeConfig};

@@ -1,5 +1,7 @@
 //! The VAE objective as free functions (Kingma & Welling 2013, arXiv 1312.6114, appendix B),
-//! each returning one value per sample so callers can average, sum or score.
+//! each returning one value per sample so callers can average, sum or score; and the KL autoencoder's
+//! (Rombach et al. 2022, arXiv 2112.10752).
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
@@ -67,6 +69,51 @@ impl ElboTerms {
     }
 }
 
+/// The pixel loss of a KL autoencoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconLoss {
+    /// |x - x̂|, the LDM autoencoders' pixel term (`ldm/modules/losses/contperceptual.py`).
+    L1,
+    /// (x - x̂)².
+    Mse,
+}
+
+/// Reconstruction loss summed over pixels, one value per image.
+///
+/// # Shapes
+/// - `recon`, `x`: [batch, ...] -> [batch]
+pub fn reconstruction_loss(kind: ReconLoss, recon: &Tensor, x: &Tensor) -> Tensor {
+    let d = recon - x;
+    let per_pixel = match kind {
+        ReconLoss::L1 => d.abs(),
+        ReconLoss::Mse => d.square(),
+    };
+    per_pixel.flatten(1, -1).sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// The KL autoencoder's objective (Rombach et al. 2022, arXiv 2112.10752, appendix G; LDM's
+/// `LPIPSWithDiscriminator` without its perceptual, adversarial and learned-variance parts):
+/// per-image summed reconstruction loss plus `kl_weight` times the KL of the latent posterior to N(0, I),
+/// both averaged over the batch. LDM's kl-f* configs use `kl_weight` 1e-6.
+///
+/// # Shapes
+/// - `recon`, `x`: [batch, c, h, w]; `mean`, `logvar`: [batch, latent_channels, h', w']
+/// - returns (loss [], recon per image [batch], KL per image [batch])
+pub fn kl_autoencoder_loss(
+    kind: ReconLoss,
+    recon: &Tensor,
+    x: &Tensor,
+    mean: &Tensor,
+    logvar: &Tensor,
+    kl_weight: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let rec = reconstruction_loss(kind, recon, x);
+    let kl = kl_standard_normal(&mean.flatten(1, -1), &logvar.flatten(1, -1));
+    let loss = rec.mean(Kind::Float) + kl.mean(Kind::Float) * kl_weight;
+    (loss, rec, kl)
+}
+
 /// Convert a negative log-likelihood in nats per image to bits per dimension.
 pub fn bits_per_dim(nats_per_image: f64, dims: i64) -> f64 {
     nats_per_image / (dims as f64 * std::f64::consts::LN_2)
@@ -122,5 +169,20 @@ mod tests {
         assert!((bits_per_dim(784.0 * std::f64::consts::LN_2, 784) - 1.0).abs() < 1e-12);
         assert_eq!(kl_weight(2.0, 49, 100), 1.0);
         assert_eq!(kl_weight(2.0, 500, 100), 2.0);
+    }
+
+    #[test]
+    fn kl_autoencoder_terms_by_hand() {
+        let x = Tensor::zeros([2, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let r = Tensor::full([2, 1, 2, 2], 0.5, (Kind::Float, Device::Cpu));
+        assert!((reconstruction_loss(ReconLoss::L1, &r, &x).double_value(&[0]) - 2.0).abs() < 1e-6);
+        assert!((reconstruction_loss(ReconLoss::Mse, &r, &x).double_value(&[1]) - 1.0).abs() < 1e-6);
+        // KL(N(1, 1) || N(0, 1)) = 1/2 per latent element: 4 elements per image.
+        let mean = Tensor::ones([2, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let logvar = Tensor::zeros([2, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let (loss, rec, kl) = kl_autoencoder_loss(ReconLoss::Mse, &r, &x, &mean, &logvar, 0.1);
+        assert_eq!(rec.size(), [2]);
+        assert!((kl.double_value(&[0]) - 2.0).abs() < 1e-6);
+        assert!((loss.double_value(&[]) - (1.0 + 0.1 * 2.0)).abs() < 1e-6);
     }
 }

@@ -153,6 +153,13 @@ pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Vae, Va
     if family != FAMILY {
         return Err(VaeError::WrongFamily { path: path.to_path_buf(), found: family });
     }
+    if crate::train_kl::is_kl_config(&ck.config) {
+        return Err(VaeError::Config(format!(
+            "{}: this is a KL autoencoder run (kind `autoencoder-kl`), not a VAE with a prior; \
+             genlab_vae::train_kl::load reads it",
+            ck.dir.display()
+        )));
+    }
     let run: VaeRunConfig = serde_json::from_value(ck.config.clone())
         .map_err(|e| VaeError::Config(format!("{}: config.json is not a VAE configuration: {e}", ck.dir.display())))?;
     let vs = VarStore::new(device);
