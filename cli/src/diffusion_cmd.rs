@@ -1,9 +1,8 @@
 //! `genlab diffusion ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::DeviceSpec;
-use genlab_data::{Loader, LoaderConfig};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
 use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
@@ -156,14 +155,7 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 fn train(f: TrainFlags) -> Result<()> {
     let a = &f.common;
     let device = a.device.resolve()?;
-    let config_file = a.out.join("config.json");
-    let run = if a.resume && config_file.is_file() {
-        // The run's own configuration wins: the model must match its checkpoints.
-        let text = std::fs::read_to_string(&config_file)?;
-        serde_json::from_str::<DiffusionRunConfig>(&text)
-            .with_context(|| format!("{}: not a diffusion run configuration", config_file.display()))?
-    } else {
-        let ds = a.data_options.open(&a.data, a.seed)?;
+    let run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let num_classes = match (f.cond, ds.num_classes()) {
             (false, _) => None,
@@ -187,21 +179,19 @@ fn train(f: TrainFlags) -> Result<()> {
         run.min_snr_gamma = f.min_snr_gamma;
         run.ema_decay = f.ema_decay;
         run.weight_decay = f.weight_decay;
-        run
-    };
-    let ds = a.data_options.open(&run.data, a.seed)?;
-    let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
-    // The initial weights are a function of the seed.
-    genlab_core::seed::manual_seed(a.seed as i64);
-    let mut task = DiffusionTask::new(run, device)?;
-    let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
-    eprintln!(
-        "{:?} at step {}; checkpoint {}",
-        out.status,
-        out.step,
-        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-    );
-    Ok(())
+        Ok(run)
+    })?;
+    a.train(run, device, |run, device| Ok(DiffusionTask::new(run, device)?))
+}
+
+impl crate::RunConfig for DiffusionRunConfig {
+    const WHAT: &'static str = "a diffusion run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
 }
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {

@@ -1,8 +1,7 @@
 //! `genlab gan ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use genlab_data::{Loader, LoaderConfig};
 use genlab_gan::train::{GanRunConfig, GanTask};
 
 #[derive(Subcommand, Debug)]
@@ -47,13 +46,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
 fn train(args: GanTrainArgs) -> Result<()> {
     let a = &args.common;
     let device = a.device.resolve()?;
-    let run = if a.resume && a.out.join("config.json").is_file() {
-        // The run's own configuration wins: the model must match its checkpoints.
-        let text = std::fs::read_to_string(a.out.join("config.json"))?;
-        serde_json::from_str::<GanRunConfig>(&text)
-            .with_context(|| format!("{}: not a GAN run configuration", a.out.join("config.json").display()))?
-    } else {
-        let ds = genlab_data::open(&a.data)?;
+    let run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let mut run = GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
         if let Some(lr) = a.lr {
@@ -64,21 +57,19 @@ fn train(args: GanTrainArgs) -> Result<()> {
         run.batch_size = a.batch_size.unwrap_or(run.batch_size);
         run.precision = a.precision;
         run.validate()?;
-        run
-    };
-    let ds = genlab_data::open(&run.data)?;
-    let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
-    // The initial weights are a function of the seed.
-    genlab_core::seed::manual_seed(a.seed as i64);
-    let mut task = GanTask::new(run, device)?;
-    let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
-    eprintln!(
-        "{:?} at step {}; checkpoint {}",
-        out.status,
-        out.step,
-        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-    );
-    Ok(())
+        Ok(run)
+    })?;
+    a.train(run, device, |run, device| Ok(GanTask::new(run, device)?))
+}
+
+impl crate::RunConfig for GanRunConfig {
+    const WHAT: &'static str = "a GAN run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
 }
 
 fn sample(args: GanSampleArgs) -> Result<()> {

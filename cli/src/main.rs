@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use genlab_core::{DeviceSpec, Precision};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,7 +102,52 @@ pub struct TrainArgs {
     pub no_progress: bool,
 }
 
+/// A family's run configuration, as the shared training flow needs it.
+pub trait RunConfig: serde::de::DeserializeOwned {
+    /// What `config.json` holds, for messages ("a VAE run configuration").
+    const WHAT: &'static str;
+    fn data(&self) -> &str;
+    fn batch_size(&self) -> usize;
+}
+
 impl TrainArgs {
+    /// The run configuration: when resuming a run that has one, its own `config.json` (the
+    /// model must match its checkpoints); else `fresh` builds one for the dataset.
+    pub fn run_config<R: RunConfig>(
+        &self,
+        fresh: impl FnOnce(&Arc<dyn genlab_data::Dataset>) -> Result<R>,
+    ) -> Result<R> {
+        let file = self.out.join("config.json");
+        if self.resume && file.is_file() {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            return serde_json::from_str(&text).with_context(|| format!("{}: not {}", file.display(), R::WHAT));
+        }
+        fresh(&self.data_options.open(&self.data, self.seed)?)
+    }
+
+    /// Seed libtorch (the initial weights are a function of the seed), build the task, and
+    /// train it on the run's dataset through the core harness.
+    pub fn train<R: RunConfig, T: genlab_core::train::TrainTask>(
+        &self,
+        run: R,
+        device: tch::Device,
+        build: impl FnOnce(R, tch::Device) -> Result<T>,
+    ) -> Result<()> {
+        let ds = self.data_options.open(run.data(), self.seed)?;
+        let mut loader =
+            genlab_data::Loader::new(ds, genlab_data::LoaderConfig::new(run.batch_size(), self.seed, device))?;
+        genlab_core::seed::manual_seed(self.seed as i64);
+        let mut task = build(run, device)?;
+        let out = genlab_core::train::run(&mut task, &mut loader, &self.harness())?;
+        eprintln!(
+            "{:?} at step {}; checkpoint {}",
+            out.status,
+            out.step,
+            out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+        );
+        Ok(())
+    }
+
     pub fn harness(&self) -> genlab_core::train::HarnessConfig {
         genlab_core::train::HarnessConfig {
             steps: self.steps,

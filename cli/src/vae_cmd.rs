@@ -2,7 +2,6 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use genlab_data::{Loader, LoaderConfig};
 use genlab_vae::train::{VaeRunConfig, VaeTask};
 use std::io::Write;
 use std::path::PathBuf;
@@ -140,65 +139,50 @@ fn train(a: TrainArgs) -> Result<()> {
         return train_kl(a);
     }
     let device = a.device.resolve()?;
-    let run = if a.resume && a.out.join("config.json").is_file() {
-        // The run's own configuration wins: the model must match its checkpoints.
-        let text = std::fs::read_to_string(a.out.join("config.json"))?;
-        serde_json::from_str::<VaeRunConfig>(&text)
-            .with_context(|| format!("{}: not a VAE run configuration", a.out.join("config.json").display()))?
-    } else {
-        let ds = a.data_options.open(&a.data, a.seed)?;
+    let run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let mut run = VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
         run.lr = a.lr.unwrap_or(run.lr);
         run.batch_size = a.batch_size.unwrap_or(run.batch_size);
         run.precision = a.precision;
-        run
-    };
-    let ds = a.data_options.open(&run.data, a.seed)?;
-    let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
-    // The initial weights are a function of the seed.
-    genlab_core::seed::manual_seed(a.seed as i64);
-    let mut task = VaeTask::new(run, device)?;
-    let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
-    eprintln!(
-        "{:?} at step {}; checkpoint {}",
-        out.status,
-        out.step,
-        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-    );
-    Ok(())
+        Ok(run)
+    })?;
+    a.train(run, device, |run, device| Ok(VaeTask::new(run, device)?))
 }
 
 /// `genlab vae train` for the KL autoencoder presets (`genlab_vae::train_kl`).
 fn train_kl(a: TrainArgs) -> Result<()> {
     use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
     let device = a.device.resolve()?;
-    let run = if a.resume && a.out.join("config.json").is_file() {
-        let text = std::fs::read_to_string(a.out.join("config.json"))?;
-        serde_json::from_str::<KlRunConfig>(&text).with_context(|| {
-            format!("{}: not a KL autoencoder run configuration", a.out.join("config.json").display())
-        })?
-    } else {
-        let ds = a.data_options.open(&a.data, a.seed)?;
+    let run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let mut run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
         run.lr = a.lr.unwrap_or(run.lr);
         run.batch_size = a.batch_size.unwrap_or(run.batch_size);
         run.precision = a.precision;
-        run
-    };
-    let ds = a.data_options.open(&run.data, a.seed)?;
-    let mut loader = Loader::new(ds, LoaderConfig::new(run.batch_size, a.seed, device))?;
-    genlab_core::seed::manual_seed(a.seed as i64);
-    let mut task = KlAutoencoderTask::new(run, device)?;
-    let out = genlab_core::train::run(&mut task, &mut loader, &a.harness())?;
-    eprintln!(
-        "{:?} at step {}; checkpoint {}",
-        out.status,
-        out.step,
-        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-    );
-    Ok(())
+        Ok(run)
+    })?;
+    a.train(run, device, |run: KlRunConfig, device| Ok(KlAutoencoderTask::new(run, device)?))
+}
+
+impl crate::RunConfig for VaeRunConfig {
+    const WHAT: &'static str = "a VAE run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+impl crate::RunConfig for genlab_vae::train_kl::KlRunConfig {
+    const WHAT: &'static str = "a KL autoencoder run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
 }
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {

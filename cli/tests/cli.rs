@@ -225,7 +225,8 @@ fn vae_tools_run_and_reject_bad_input() {
     let out = ok(vae(&["likelihood", "--n", "100", "--k", "5"]).output().unwrap());
     assert!(out.contains("IWAE-5"), "{out}");
     // Bad input.
-    let e = fail(genlab().args(["vae", "sample", "--class", "3", "--out", "c.png", "--run"]).arg(&run).output().unwrap());
+    let e =
+        fail(genlab().args(["vae", "sample", "--class", "3", "--out", "c.png", "--run"]).arg(&run).output().unwrap());
     assert!(e.contains("class-conditional"), "{e}");
     let e = fail(vae(&["interpolate", "--pairs", "0:5000", "--out"]).arg(p("x.png")).output().unwrap());
     assert!(e.contains("below 1797"), "{e}");
@@ -254,11 +255,31 @@ fn gan_and_diffusion_train_sample_and_edit() {
     let common = ["--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "32", "--steps", "6"];
     // GAN
     ok(genlab().args(["gan", "train", "--model", "dcgan"]).args(common).arg("--out").arg(p("gan")).output().unwrap());
-    ok(genlab().args(["gan", "sample", "--n", "4", "--run"]).arg(p("gan")).arg("--out").arg(p("g.png")).output().unwrap());
-    let e = fail(genlab().args(["gan", "sample", "--n", "4", "--class", "2", "--run"]).arg(p("gan")).arg("--out").arg(p("x.png")).output().unwrap());
+    ok(genlab()
+        .args(["gan", "sample", "--n", "4", "--run"])
+        .arg(p("gan"))
+        .arg("--out")
+        .arg(p("g.png"))
+        .output()
+        .unwrap());
+    let e = fail(
+        genlab()
+            .args(["gan", "sample", "--n", "4", "--class", "2", "--run"])
+            .arg(p("gan"))
+            .arg("--out")
+            .arg(p("x.png"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("class"), "{e}");
     // Diffusion
-    ok(genlab().args(["diffusion", "train", "--model", "unet-tiny"]).args(common).arg("--out").arg(p("ddpm")).output().unwrap());
+    ok(genlab()
+        .args(["diffusion", "train", "--model", "unet-tiny"])
+        .args(common)
+        .arg("--out")
+        .arg(p("ddpm"))
+        .output()
+        .unwrap());
     let sample = |extra: &[&str]| {
         let mut c = genlab();
         c.args(["diffusion", "sample", "--n", "4", "--run"]).arg(p("ddpm")).args(extra);
@@ -272,16 +293,63 @@ fn gan_and_diffusion_train_sample_and_edit() {
     assert!(e.contains("guidance"), "{e}");
     // Inpaint and img2img from PNGs of the model's size.
     genlab_png(&p("in.png"), 8, 8);
-    image::save_buffer(p("mask.png"), &[255u8, 255, 255, 255, 0, 0, 0, 0].repeat(8), 8, 8, image::ExtendedColorType::L8).unwrap();
-    ok(genlab().args(["diffusion", "inpaint", "--steps", "10", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--mask").arg(p("mask.png")).arg("--out").arg(p("f.png")).output().unwrap());
+    image::save_buffer(
+        p("mask.png"),
+        &[255u8, 255, 255, 255, 0, 0, 0, 0].repeat(8),
+        8,
+        8,
+        image::ExtendedColorType::L8,
+    )
+    .unwrap();
+    ok(genlab()
+        .args(["diffusion", "inpaint", "--steps", "10", "--run"])
+        .arg(p("ddpm"))
+        .arg("--input")
+        .arg(p("in.png"))
+        .arg("--mask")
+        .arg(p("mask.png"))
+        .arg("--out")
+        .arg(p("f.png"))
+        .output()
+        .unwrap());
     let filled = image::open(p("f.png")).unwrap().to_luma8();
     assert_eq!(filled.get_pixel(0, 0).0[0], 255, "a known pixel changed");
-    ok(genlab().args(["diffusion", "img2img", "--steps", "10", "--strength", "0.5", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--out").arg(p("i.png")).output().unwrap());
+    ok(genlab()
+        .args(["diffusion", "img2img", "--steps", "10", "--strength", "0.5", "--run"])
+        .arg(p("ddpm"))
+        .arg("--input")
+        .arg(p("in.png"))
+        .arg("--out")
+        .arg(p("i.png"))
+        .output()
+        .unwrap());
     // A colour image for a greyscale model, and a mask of the wrong size.
     image::save_buffer(p("rgb.png"), &[10u8, 200, 30].repeat(64), 8, 8, image::ExtendedColorType::Rgb8).unwrap();
-    let e = fail(genlab().args(["diffusion", "img2img", "--run"]).arg(p("ddpm")).arg("--input").arg(p("rgb.png")).arg("--out").arg(p("j.png")).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["diffusion", "img2img", "--run"])
+            .arg(p("ddpm"))
+            .arg("--input")
+            .arg(p("rgb.png"))
+            .arg("--out")
+            .arg(p("j.png"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("rgb.png") && e.contains("1-channel"), "{e}");
     genlab_png(&p("small-mask.png"), 4, 4);
-    let e = fail(genlab().args(["diffusion", "inpaint", "--run"]).arg(p("ddpm")).arg("--input").arg(p("in.png")).arg("--mask").arg(p("small-mask.png")).arg("--out").arg(p("k.png")).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["diffusion", "inpaint", "--run"])
+            .arg(p("ddpm"))
+            .arg("--input")
+            .arg(p("in.png"))
+            .arg("--mask")
+            .arg(p("small-mask.png"))
+            .arg("--out")
+            .arg(p("k.png"))
+            .output()
+            .unwrap(),
+    );
     assert!(e.contains("mask"), "{e}");
 }
