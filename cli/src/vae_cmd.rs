@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
-    /// Train a VAE (presets: mlp, conv, conv-large, beta-vae, cvae) or a latent-diffusion KL autoencoder
+    /// Train a VAE (presets: mlp, conv, conv-large, beta-vae, cvae, conv-gaussian) or a latent-diffusion KL autoencoder
     /// (kl-f2, kl-f4, sd15).
     #[command(
         after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae train --model kl-f4 --data mnist5k --steps 2000 --out runs/kl-f4\n  genlab vae train --model mlp --data digits --steps 500 --out runs/vae-digits --batch-size 64 --lr 2e-3\n  genlab vae train --config vae.toml --resume"

@@ -77,9 +77,17 @@ impl VaeConfig {
                 ..base
             },
             "cvae" => VaeConfig { num_classes: Some(10), ..base },
+            // Gaussian decoder with a learned per-pixel log-variance (starting at variance e^-2).
+            "conv-gaussian" => VaeConfig {
+                arch: Arch::Conv,
+                widths: vec![32, 64],
+                latent_dim: 16,
+                likelihood: Likelihood::Gaussian { log_var: -2.0, learned: true },
+                ..base
+            },
             _ => {
                 return Err(VaeError::Config(format!(
-                    "unknown VAE preset `{name}`: expected mlp, conv, conv-large, beta-vae or cvae"
+                    "unknown VAE preset `{name}`: expected mlp, conv, conv-large, beta-vae, cvae or conv-gaussian"
                 )))
             }
         })
