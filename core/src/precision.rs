@@ -128,6 +128,17 @@ impl Default for GradScaler {
 }
 
 impl GradScaler {
+    /// The scaler saved under `grad_scaler` in a checkpoint's extra state (None when the run
+    /// had none, e.g. an fp32 run).
+    pub fn from_state(state: &serde_json::Value) -> Result<Option<Self>> {
+        match state.get("grad_scaler").filter(|s| !s.is_null()) {
+            None => Ok(None),
+            Some(s) => serde_json::from_value(s.clone())
+                .map(Some)
+                .map_err(|e| CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}"))),
+        }
+    }
+
     pub fn scale_loss(&self, loss: &Tensor) -> Tensor {
         loss * self.scale
     }
@@ -207,5 +218,10 @@ mod tests {
         assert!(!s.update(false));
         assert_eq!(s.scale, 65536.0);
         assert_eq!(s.good_steps, 0);
+        // Checkpoint round trip through a task's extra state.
+        let state = serde_json::json!({ "grad_scaler": s });
+        assert_eq!(GradScaler::from_state(&state).unwrap(), Some(s));
+        assert_eq!(GradScaler::from_state(&serde_json::json!({ "grad_scaler": null })).unwrap(), None);
+        assert!(GradScaler::from_state(&serde_json::json!({ "grad_scaler": 3 })).is_err());
     }
 }

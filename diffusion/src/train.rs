@@ -238,11 +238,8 @@ impl TrainTask for DiffusionTask {
     }
 
     fn restore_extra_state(&mut self, state: &serde_json::Value) -> genlab_core::Result<()> {
-        if let Some(s) = state.get("grad_scaler").filter(|s| !s.is_null()) {
-            self.scaler = Some(
-                serde_json::from_value(s.clone())
-                    .map_err(|e| CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}")))?,
-            );
+        if let Some(scaler) = GradScaler::from_state(state)? {
+            self.scaler = Some(scaler);
         }
         // The EMA warm-up depends on how many updates the average has taken (one per step).
         let updates = state.get("ema_updates").and_then(|u| u.as_u64()).unwrap_or(self.opt.steps_taken() as u64);

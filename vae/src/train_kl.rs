@@ -188,11 +188,8 @@ impl TrainTask for KlAutoencoderTask {
     }
 
     fn restore_extra_state(&mut self, state: &serde_json::Value) -> genlab_core::Result<()> {
-        if let Some(s) = state.get("grad_scaler").filter(|s| !s.is_null()) {
-            self.scaler = Some(
-                serde_json::from_value(s.clone())
-                    .map_err(|e| genlab_core::CoreError::Config(format!("checkpoint state: bad grad_scaler: {e}")))?,
-            );
+        if let Some(scaler) = GradScaler::from_state(state)? {
+            self.scaler = Some(scaler);
         }
         Ok(())
     }
