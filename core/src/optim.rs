@@ -71,8 +71,18 @@ mod shim {
 
 struct Slot {
     name: String,
+    /// Start in the flat buffers (a multiple of [`ALIGN`]).
+    offset: i64,
     param: Tensor,
     grad_view: Tensor,
+}
+
+/// Every tensor starts on a 64-byte boundary of the flat buffers (16 f32 values), as a
+/// separately allocated tensor would; the gaps stay zero and are never updated.
+const ALIGN: i64 = 16;
+
+fn align_up(x: i64) -> i64 {
+    (x + ALIGN - 1) / ALIGN * ALIGN
 }
 
 /// Adam/AdamW over all trainable variables of one [`VarStore`].
@@ -115,7 +125,7 @@ impl Adam {
                 t.device()
             )));
         }
-        let total: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
+        let total: i64 = named.iter().map(|(_, t)| align_up(t.numel() as i64)).sum();
         let params = Tensor::zeros([total], (kind, device));
         let grads = Tensor::zeros([total], (kind, device));
         let mut slots = Vec::with_capacity(named.len());
@@ -133,8 +143,8 @@ impl Adam {
                         "optimizer: could not attach the gradient buffer to `{name}`"
                     )));
                 }
-                slots.push(Slot { name, param: p, grad_view: gv });
-                off += n;
+                slots.push(Slot { name, offset: off, param: p, grad_view: gv });
+                off += align_up(n);
             }
             Ok(())
         })?;
@@ -158,7 +168,7 @@ impl Adam {
     pub fn numel(&self) -> i64 {
         self.params.numel() as i64
     }
-    /// The flat gradient buffer (all gradients, concatenated in name order).
+    /// The flat gradient buffer (all gradients in name order, each starting 64-byte aligned).
     pub fn flat_grads(&self) -> &Tensor {
         &self.grads
     }
@@ -257,13 +267,11 @@ impl Adam {
     /// Optimizer state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, `step`).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
-        let mut off = 0i64;
         for s in &self.slots {
-            let n = s.param.numel() as i64;
+            let (off, n) = (s.offset, s.param.numel() as i64);
             let shape = s.param.size();
             out.push((format!("exp_avg.{}", s.name), self.exp_avg.narrow(0, off, n).view(shape.as_slice())));
             out.push((format!("exp_avg_sq.{}", s.name), self.exp_avg_sq.narrow(0, off, n).view(shape.as_slice())));
-            off += n;
         }
         out.push(("step".into(), Tensor::from_slice(&[self.step])));
         out
@@ -349,8 +357,13 @@ mod tests {
             // Gradients landed in the flat buffer, in name order.
             let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
             vars.sort_by(|a, b| a.0.cmp(&b.0));
-            let cat = Tensor::cat(&vars.iter().map(|(_, t)| t.grad().view(-1)).collect::<Vec<_>>(), 0);
-            assert!(cat.equal(opt.flat_grads()));
+            for (slot, (name, var)) in opt.slots.iter().zip(&vars) {
+                assert_eq!(&slot.name, name);
+                assert_eq!(slot.offset % ALIGN, 0);
+                let n = var.numel() as i64;
+                let view = opt.flat_grads().narrow(0, slot.offset, n).view(var.size().as_slice());
+                assert!(var.grad().equal(&view), "{name}: .grad is not its slot of the flat buffer");
+            }
             assert!(opt.flat_grads().abs().sum(Kind::Float).double_value(&[]) > 0.0);
             let g = flat(opt.flat_grads());
             opt.step();
