@@ -101,10 +101,11 @@ struct DemoRun {
     extra: &'static [&'static str],
 }
 
+/// Sized for about seven minutes on two CPU cores; `--scale` multiplies every step count.
 const DEMO: &[DemoRun] = &[
     DemoRun { family: "vae", model: "conv", steps: 1500, extra: &[] },
-    DemoRun { family: "gan", model: "dcgan", steps: 1000, extra: &[] },
-    DemoRun { family: "diffusion", model: "unet-tiny", steps: 1500, extra: &["--batch-size", "64"] },
+    DemoRun { family: "gan", model: "dcgan", steps: 400, extra: &[] },
+    DemoRun { family: "diffusion", model: "unet-tiny", steps: 300, extra: &["--batch-size", "64"] },
 ];
 
 fn demo(args: &[String]) -> Result<()> {
