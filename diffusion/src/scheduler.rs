@@ -164,6 +164,18 @@ pub fn build(kind: SchedulerKind, config: &ScheduleConfig, steps: usize) -> Resu
     Ok(s)
 }
 
+/// DDPM's and DDIM's timesteps: integer training timesteps, leading spacing unless the
+/// configuration says otherwise, checked for repeats and range.
+fn integer_timesteps(name: &'static str, schedule: &NoiseSchedule, steps: usize) -> Result<Vec<f64>> {
+    let cfg = schedule.config();
+    let t = schedule.num_train_timesteps();
+    check_steps(steps, t)?;
+    let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
+    let timesteps = spaced_timesteps(spacing, t, steps, cfg.steps_offset, true);
+    check_timesteps(name, &timesteps, steps, t, " (steps_offset pushes leading timesteps past the end)")?;
+    Ok(timesteps)
+}
+
 fn check_steps(steps: usize, num_train_timesteps: usize) -> Result<()> {
     if steps == 0 || steps > num_train_timesteps {
         return Err(DiffusionError::InferenceSteps { steps, num_train_timesteps });

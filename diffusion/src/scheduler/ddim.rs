@@ -4,9 +4,9 @@
 //! or `use_clipped_model_output`).
 use tch::Tensor;
 
-use super::{check_steps, check_timesteps, spaced_timesteps, Scheduler};
+use super::{integer_timesteps, Scheduler};
 use crate::error::{DiffusionError, Result};
-use crate::schedule::{train_index, NoiseSchedule, ScheduleConfig, TimestepSpacing};
+use crate::schedule::{train_index, NoiseSchedule, ScheduleConfig};
 
 const NAME: &str = "ddim";
 
@@ -33,13 +33,7 @@ impl Scheduler for Ddim {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        let cfg = self.schedule.config();
-        let t = self.schedule.num_train_timesteps();
-        check_steps(steps, t)?;
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
-        let timesteps = spaced_timesteps(spacing, t, steps, cfg.steps_offset, true);
-        check_timesteps(NAME, &timesteps, steps, t, " (steps_offset pushes leading timesteps past the end)")?;
-        self.timesteps = timesteps;
+        self.timesteps = integer_timesteps(NAME, &self.schedule, steps)?;
         Ok(())
     }
 

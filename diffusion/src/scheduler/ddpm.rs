@@ -3,9 +3,9 @@
 //! Follows diffusers' `schedulers/scheduling_ddpm.py` (`DDPMScheduler.step`, `variance_type="fixed_small"`).
 use tch::Tensor;
 
-use super::{check_steps, check_timesteps, index_for_timestep, spaced_timesteps, Scheduler};
+use super::{index_for_timestep, integer_timesteps, Scheduler};
 use crate::error::{DiffusionError, Result};
-use crate::schedule::{train_index, NoiseSchedule, ScheduleConfig, TimestepSpacing};
+use crate::schedule::{train_index, NoiseSchedule, ScheduleConfig};
 
 const NAME: &str = "ddpm";
 
@@ -34,13 +34,7 @@ impl Scheduler for Ddpm {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        let cfg = self.schedule.config();
-        let t = self.schedule.num_train_timesteps();
-        check_steps(steps, t)?;
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
-        let timesteps = spaced_timesteps(spacing, t, steps, cfg.steps_offset, true);
-        check_timesteps(NAME, &timesteps, steps, t, " (steps_offset pushes leading timesteps past the end)")?;
-        self.timesteps = timesteps;
+        self.timesteps = integer_timesteps(NAME, &self.schedule, steps)?;
         Ok(())
     }
 
