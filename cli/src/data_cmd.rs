@@ -1,5 +1,5 @@
 //! `genlab data ...` and the dataset flags every `train` shares.
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use genlab_data::{Crop, OpenOptions};
 use std::path::PathBuf;
@@ -30,6 +30,16 @@ pub struct DataOptions {
     /// Leave out every image of this class (e.g. to train an anomaly detector on the rest).
     #[arg(long)]
     pub exclude_class: Option<i64>,
+    /// Keep only the first N images of every class (a small labelled training set).
+    #[arg(long, value_name = "N")]
+    pub per_class: Option<usize>,
+    /// Keep only the first N images (after --exclude-class and --per-class).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Append another dataset of the same image shape (e.g. synthetic images from
+    /// `genlab gan augment`); repeatable. The cuts above apply to --data only.
+    #[arg(long = "add", value_name = "DATASET")]
+    pub add: Vec<String>,
 }
 
 fn parse_size(s: &str) -> Result<[usize; 2], String> {
@@ -56,11 +66,27 @@ impl DataOptions {
             skip_bad: self.skip_bad,
             h5_labels: self.h5_labels.clone(),
         };
-        let ds = genlab_data::open_with(spec, &opts)?;
-        Ok(match self.exclude_class {
-            Some(k) => Arc::new(genlab_data::Subset::without_class(ds, k)?),
-            None => ds,
-        })
+        let mut ds = genlab_data::open_with(spec, &opts)?;
+        if let Some(k) = self.exclude_class {
+            ds = Arc::new(genlab_data::Subset::without_class(ds, k)?);
+        }
+        if let Some(n) = self.per_class {
+            ds = Arc::new(genlab_data::Subset::per_class(ds, n)?);
+        }
+        if let Some(n) = self.limit {
+            if n == 0 {
+                bail!("--limit must be at least 1");
+            }
+            ds = Arc::new(genlab_data::Subset::first(ds, n)?);
+        }
+        if self.add.is_empty() {
+            return Ok(ds);
+        }
+        let mut parts = vec![ds];
+        for extra in &self.add {
+            parts.push(genlab_data::open_with(extra, &opts).with_context(|| format!("--add {extra}"))?);
+        }
+        Ok(Arc::new(genlab_data::Concat::new(parts)?))
     }
 }
 

@@ -183,6 +183,13 @@ fn data_commands_describe_convert_and_preview() {
     ok(genlab().args(["data", "convert", "digits"]).arg(&h5).output().unwrap());
     let info = ok(genlab().args(["data", "info"]).arg(&h5).output().unwrap());
     assert!(info.contains("count: 1797"), "{info}");
+    // A small labelled set plus another set appended (how augmentation is measured).
+    let info = ok(genlab().args(["data", "info", "digits", "--per-class", "5", "--add"]).arg(&h5).output().unwrap());
+    assert!(info.contains("count: 1847"), "{info}");
+    let info = ok(genlab().args(["data", "info", "digits", "--exclude-class", "3", "--limit", "7"]).output().unwrap());
+    assert!(info.contains("count: 7"), "{info}");
+    let e = fail(genlab().args(["data", "info", "digits", "--add", "mnist5k"]).output().unwrap());
+    assert!(e.contains("image shapes differ"), "{e}");
     let png = tmp.path().join("p.png");
     ok(genlab().args(["data", "preview", "digits", "--n", "9", "--out"]).arg(&png).output().unwrap());
     assert!(std::fs::metadata(&png).unwrap().len() > 50);

@@ -185,6 +185,119 @@ impl Subset {
         }
         Subset::new(inner, keep, format!("without class {class}"))
     }
+
+    /// The first `n` items of every class, in dataset order (a small labelled training set,
+    /// e.g. to measure data augmentation). Classes with fewer items keep all they have.
+    pub fn per_class(inner: Arc<dyn Dataset>, n: usize) -> Result<Self> {
+        let k = inner.num_classes().ok_or_else(|| {
+            DataError::Invalid(format!("{}: has no labels, so it cannot be cut per class", inner.describe()))
+        })?;
+        if n == 0 {
+            return Err(DataError::Invalid("a per-class subset needs at least 1 image per class".into()));
+        }
+        let mut taken = vec![0usize; k];
+        let mut keep = Vec::with_capacity(n * k);
+        for i in 0..inner.len() {
+            if keep.len() == n * k {
+                break;
+            }
+            match inner.get(i)?.label {
+                Some(l) if l >= 0 && (l as usize) < k => {
+                    if taken[l as usize] < n {
+                        taken[l as usize] += 1;
+                        keep.push(i);
+                    }
+                }
+                other => {
+                    return Err(DataError::Invalid(format!(
+                        "{}: item {i} has label {other:?}, outside 0..{k}",
+                        inner.describe()
+                    )))
+                }
+            }
+        }
+        Subset::new(inner, keep, format!("first {n} per class"))
+    }
+
+    /// The first `n` items (all of them when there are fewer).
+    pub fn first(inner: Arc<dyn Dataset>, n: usize) -> Result<Self> {
+        let keep = (0..n.min(inner.len())).collect();
+        Subset::new(inner, keep, format!("first {n}"))
+    }
+}
+
+/// Several datasets of one image shape, one after another (real images and synthetic ones,
+/// two folders). Either every part has labels or none has.
+#[derive(Clone)]
+pub struct Concat {
+    parts: Vec<Arc<dyn Dataset>>,
+    /// Index of the first item of each part, and the total at the end.
+    starts: Vec<usize>,
+    num_classes: Option<usize>,
+}
+
+impl Concat {
+    pub fn new(parts: Vec<Arc<dyn Dataset>>) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| DataError::Invalid("nothing to concatenate".into()))?;
+        let shape = first.shape();
+        let labelled = first.num_classes().is_some();
+        let mut starts = vec![0];
+        let mut num_classes = None;
+        for p in &parts {
+            if p.shape() != shape {
+                return Err(DataError::Invalid(format!(
+                    "cannot join {} (images {:?}) to {} (images {shape:?}): image shapes differ",
+                    p.describe(),
+                    p.shape(),
+                    first.describe()
+                )));
+            }
+            if p.num_classes().is_some() != labelled {
+                return Err(DataError::Invalid(format!(
+                    "cannot join {} to {}: one has labels and the other not",
+                    p.describe(),
+                    first.describe()
+                )));
+            }
+            num_classes = num_classes.max(p.num_classes());
+            starts.push(starts[starts.len() - 1] + p.len());
+        }
+        Ok(Concat { parts, starts, num_classes })
+    }
+}
+
+impl std::fmt::Debug for Concat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Dataset for Concat {
+    fn len(&self) -> usize {
+        self.starts[self.starts.len() - 1]
+    }
+    fn shape(&self) -> [usize; 3] {
+        self.parts[0].shape()
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
+    }
+    fn class_names(&self) -> Option<Vec<String>> {
+        self.parts.iter().find_map(|p| p.class_names().filter(|n| Some(n.len()) == self.num_classes))
+    }
+    fn get(&self, index: usize) -> Result<Item> {
+        let len = self.len();
+        if index >= len {
+            return Err(DataError::Index { index, len });
+        }
+        // The part whose start is the last one at or before `index`.
+        let part = self.starts.partition_point(|&s| s <= index) - 1;
+        self.parts[part].get(index - self.starts[part])
+    }
+    fn describe(&self) -> String {
+        let names: Vec<String> = self.parts.iter().map(|p| p.describe()).collect();
+        format!("{} joined ({} images)", names.join(" + "), self.len())
+    }
 }
 
 impl std::fmt::Debug for Subset {
@@ -256,5 +369,34 @@ mod subset_tests {
         assert_eq!(x.size(), [2, 1, 1, 2]);
         assert_eq!(Vec::<i64>::try_from(y.unwrap()).unwrap(), vec![0, 2]);
         assert!((x.double_value(&[0, 0, 0, 0]) + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn per_class_first_and_concat() {
+        let labels = vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0];
+        let ds: Arc<dyn Dataset> = Arc::new(InMemory::new("t", [1, 1, 2], (0..20).collect(), Some(labels)).unwrap());
+        let s = Subset::per_class(ds.clone(), 2).unwrap();
+        let got: Vec<i64> = (0..s.len()).map(|i| s.get(i).unwrap().label.unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(Subset::per_class(ds.clone(), 5).unwrap().len(), 10);
+        assert!(Subset::per_class(ds.clone(), 0).is_err());
+        assert_eq!(Subset::first(ds.clone(), 3).unwrap().len(), 3);
+        assert_eq!(Subset::first(ds.clone(), 30).unwrap().len(), 10);
+
+        let extra: Arc<dyn Dataset> = Arc::new(InMemory::new("x", [1, 1, 2], vec![7; 6], Some(vec![4, 4, 4])).unwrap());
+        let c = Concat::new(vec![Arc::new(s), extra]).unwrap();
+        assert_eq!(c.len(), 9);
+        assert_eq!(c.num_classes(), Some(5));
+        assert_eq!(c.get(0).unwrap().image, vec![0, 1]);
+        assert_eq!(c.get(5).unwrap().label, Some(2));
+        assert_eq!(c.get(6).unwrap(), Item { image: vec![7, 7], label: Some(4) });
+        assert!(c.get(9).is_err());
+
+        let other_shape: Arc<dyn Dataset> = Arc::new(InMemory::new("y", [1, 2, 2], vec![0; 8], Some(vec![0, 1])).unwrap());
+        let e = Concat::new(vec![ds.clone(), other_shape]).unwrap_err().to_string();
+        assert!(e.contains("image shapes differ"), "{e}");
+        let unlabelled: Arc<dyn Dataset> = Arc::new(InMemory::new("z", [1, 1, 2], vec![0; 4], None).unwrap());
+        let e = Concat::new(vec![ds, unlabelled]).unwrap_err().to_string();
+        assert!(e.contains("labels"), "{e}");
     }
 }

@@ -16,7 +16,7 @@ pub mod loader;
 pub mod openmoji;
 pub mod tools;
 
-pub use dataset::{batch_of, Dataset, InMemory, Item, Subset};
+pub use dataset::{batch_of, Concat, Dataset, InMemory, Item, Subset};
 pub use error::{DataError, Result};
 pub use folder::{Crop, FolderDataset};
 pub use h5::{write_h5, write_matrix_h5, H5Dataset, H5Writer};
