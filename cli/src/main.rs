@@ -6,6 +6,7 @@ mod config_file;
 mod data_cmd;
 mod diffusion_cmd;
 mod gan_cmd;
+mod report_cmd;
 mod vae_cmd;
 
 use anyhow::{Context, Result};
@@ -51,6 +52,22 @@ enum Command {
     Info {
         /// A run directory or a checkpoint folder.
         path: PathBuf,
+    },
+    /// Write a run's report: one self-contained HTML page (config, curves, samples, checkpoints).
+    #[command(after_help = "Examples:\n  genlab report runs/vae\n  genlab report runs/vae --out vae.html")]
+    Report {
+        /// A run directory.
+        run: PathBuf,
+        /// The HTML file to write (default: RUN/report.html).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the runs under a folder: family, model, steps, status and latest metrics.
+    #[command(after_help = "Examples:\n  genlab runs\n  genlab runs runs/demo")]
+    Runs {
+        /// The folder that holds the runs.
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
     },
 }
 
@@ -183,7 +200,19 @@ pub struct SampleArgs {
     pub device: DeviceSpec,
 }
 
+/// Printing commands end quietly when their reader goes away (`genlab info RUN | head`)
+/// instead of panicking on the broken pipe, as Unix tools do.
+#[allow(unsafe_code)]
+fn exit_on_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn info(path: &std::path::Path) -> Result<()> {
+    exit_on_broken_pipe();
     let ck = genlab_core::train::open_checkpoint(path)?;
     println!("checkpoint: {}", ck.dir.display());
     println!("step: {}", ck.step());
@@ -223,8 +252,13 @@ fn main() {
         Command::Vae(c) => vae_cmd::run(c),
         Command::Gan(c) => gan_cmd::run(c),
         Command::Diffusion(c) => diffusion_cmd::run(c),
-        Command::Data(c) => data_cmd::run(c),
+        Command::Data(c) => {
+            exit_on_broken_pipe();
+            data_cmd::run(c)
+        }
         Command::Info { path } => info(&path),
+        Command::Report { run, out } => report_cmd::report(&run, out),
+        Command::Runs { dir } => report_cmd::runs(&dir),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -9,6 +9,8 @@
 //! - [`optim`]: Adam/AdamW over one flat parameter buffer.
 //! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
 //! - [`train`]: the training harness (progress, metrics, checkpoints, resume, Ctrl-C, NaN stops).
+//! - [`tensorboard`]: TensorBoard event files (scalars and images) the harness writes.
+//! - [`report`]: a run directory as one self-contained HTML page, and a table of runs.
 pub mod checkpoint;
 pub mod device;
 pub mod ema;
@@ -17,7 +19,9 @@ pub mod images;
 pub mod layers;
 pub mod optim;
 pub mod precision;
+pub mod report;
 pub mod seed;
+pub mod tensorboard;
 pub mod train;
 
 pub use device::DeviceSpec;

@@ -2,8 +2,9 @@
 //!
 //! A family implements [`TrainTask`] (one optimisation step, samples for monitoring,
 //! its tensors for checkpoints); a data loader implements [`BatchSource`]. [`run`]
-//! does the rest: progress bar (loss, it/s, ETA), metrics as JSON lines, periodic
-//! checkpoints and sample grids, exact `--resume`, a clean stop on Ctrl-C (or SIGTERM)
+//! does the rest: progress bar (loss, it/s, ETA), metrics as JSON lines and as TensorBoard
+//! scalars (`tb/`, with the sample grids as images), periodic checkpoints and sample grids,
+//! optional evaluation metrics, exact `--resume`, a clean stop on Ctrl-C (or SIGTERM)
 //! that saves first, and a stop with a clear message on a non-finite loss that keeps
 //! the last good checkpoint.
 //!
@@ -15,6 +16,7 @@ use crate::checkpoint::{self, CheckpointData, CheckpointReader};
 use crate::error::{CoreError, Result};
 use crate::images;
 use crate::seed;
+use crate::tensorboard::EventWriter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -66,6 +68,11 @@ pub trait TrainTask {
     }
     fn restore_extra_state(&mut self, _state: &serde_json::Value) -> Result<()> {
         Ok(())
+    }
+    /// Evaluation metrics (name, value), computed whenever a sample grid is written; they
+    /// are logged as `eval/<name>` in the metrics and in TensorBoard. None by default.
+    fn evaluate(&mut self, _step: u64) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -175,6 +182,10 @@ impl RunDir {
     pub fn config_file(&self) -> PathBuf {
         self.root.join(checkpoint::CONFIG_FILE)
     }
+    /// The TensorBoard log directory (`tensorboard --logdir` this, or a folder of runs).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join("tb")
+    }
 
     /// The newest complete checkpoint of this run.
     pub fn latest(&self) -> Result<CheckpointReader> {
@@ -183,8 +194,8 @@ impl RunDir {
         CheckpointReader::open(&p)
     }
 
-    fn write_status(&self, status: Status, step: u64, message: Option<&str>) -> Result<()> {
-        let v = serde_json::json!({ "status": status, "step": step, "message": message });
+    fn write_status(&self, status: Status, step: u64, total_steps: u64, message: Option<&str>) -> Result<()> {
+        let v = serde_json::json!({ "status": status, "step": step, "total_steps": total_steps, "message": message });
         checkpoint::write_atomic(&self.status_file(), serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())
     }
 }
@@ -236,6 +247,16 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     checkpoint::write_atomic(path, out.as_bytes())
 }
 
+/// Remove the event files of an earlier attempt at a run that is starting afresh.
+fn remove_event_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("events.out.tfevents.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Train `task` on `data` as `cfg` says. See the module docs.
 pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessConfig) -> Result<Outcome> {
     let run = RunDir::new(&cfg.out);
@@ -270,10 +291,11 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         )));
     } else {
         let _ = std::fs::remove_file(run.metrics());
+        remove_event_files(&run.tensorboard());
     }
     let config = task.config();
     checkpoint::write_atomic(&run.config_file(), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
-    run.write_status(Status::Running, start, None)?;
+    run.write_status(Status::Running, start, cfg.steps, None)?;
     install_stop_handler();
     let _ = cfg.stop.take();
 
@@ -282,6 +304,10 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         .append(true)
         .open(run.metrics())
         .map_err(|e| CoreError::io(run.metrics(), e))?;
+    // A resume writes a new event file; its start marker makes TensorBoard drop what the
+    // earlier files hold past the checkpoint, as the metrics file was truncated above.
+    let mut tb = EventWriter::create(&run.tensorboard())?;
+    tb.session_start(start + 1)?;
     let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}")
@@ -297,11 +323,29 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         };
         checkpoint::save_checkpoint(&run.checkpoints(), step, &data, cfg.keep_checkpoints)
     };
-    let sample = |task: &mut dyn TrainTask, step: u64| -> Result<()> {
-        seed::manual_seed(sample_seed(cfg.seed));
-        let imgs = tch::no_grad(|| task.samples(cfg.n_samples))?;
-        images::save_samples(&imgs, &run.samples().join(format!("step-{step:08}.png")), None)
-    };
+    // The sample grid (a PNG file and a TensorBoard image) and any evaluation metrics.
+    let sample =
+        |task: &mut dyn TrainTask, step: u64, tb: &mut EventWriter, metrics: &mut std::fs::File| -> Result<()> {
+            seed::manual_seed(sample_seed(cfg.seed));
+            let imgs = tch::no_grad(|| task.samples(cfg.n_samples))?;
+            let path = run.samples().join(format!("step-{step:08}.png"));
+            images::save_samples(&imgs, &path, None)?;
+            let png = std::fs::read(&path).map_err(|e| CoreError::io(&path, e))?;
+            tb.png("samples", step, &png)?;
+            seed::manual_seed(sample_seed(cfg.seed));
+            let evals = tch::no_grad(|| task.evaluate(step))?;
+            if !evals.is_empty() {
+                let named: Vec<(String, f64)> = evals.into_iter().map(|(k, v)| (format!("eval/{k}"), v)).collect();
+                let mut line = serde_json::json!({ "step": step });
+                for (k, v) in &named {
+                    line[k] = serde_json::json!(v);
+                }
+                writeln!(metrics, "{line}").map_err(|e| CoreError::io(run.metrics(), e))?;
+                let scalars: Vec<(&str, f64)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                tb.scalars(step, &scalars)?;
+            }
+            Ok(())
+        };
 
     data.seek(start)?;
     let t0 = Instant::now();
@@ -321,24 +365,28 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
                 .map(|p: &PathBuf| p.display().to_string())
                 .unwrap_or_else(|| "none (no checkpoint was written yet)".into());
             let msg = format!("{what} is {value} at step {step}");
-            run.write_status(Status::Failed, step, Some(&msg))?;
+            run.write_status(Status::Failed, step, cfg.steps, Some(&msg))?;
             return Err(CoreError::NonFinite { step, what, value, last_good });
         }
         step += 1;
         last_loss = Some(out.loss);
         if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
             let elapsed = t0.elapsed().as_secs_f64();
-            let mut line = serde_json::json!({ "step": step, "loss": out.loss, "time_s": elapsed, "it_s": (step - start) as f64 / elapsed.max(1e-9) });
+            let it_s = (step - start) as f64 / elapsed.max(1e-9);
+            let mut line = serde_json::json!({ "step": step, "loss": out.loss, "time_s": elapsed, "it_s": it_s });
             for (k, v) in &out.metrics {
                 line[k] = serde_json::json!(v);
             }
             writeln!(metrics, "{line}").map_err(|e| CoreError::io(run.metrics(), e))?;
+            let mut scalars = vec![("loss", out.loss), ("it_s", it_s)];
+            scalars.extend(out.metrics.iter().map(|(k, v)| (k.as_str(), *v)));
+            tb.scalars(step, &scalars)?;
             bar.set_message(format!("loss {:.4}", out.loss));
         }
         bar.set_position(step);
         let stop = cfg.stop.take();
         if cfg.sample_every > 0 && step % cfg.sample_every == 0 && step < cfg.steps {
-            sample(task, step)?;
+            sample(task, step, &mut tb, &mut metrics)?;
         }
         if stop || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == cfg.steps {
             metrics.flush().map_err(|e| CoreError::io(run.metrics(), e))?;
@@ -354,7 +402,7 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         }
         if stop {
             bar.abandon_with_message(format!("stopped at step {step}; resume with --resume"));
-            run.write_status(Status::Stopped, step, Some("interrupted; checkpoint saved"))?;
+            run.write_status(Status::Stopped, step, cfg.steps, Some("interrupted; checkpoint saved"))?;
             return Ok(Outcome { status: Status::Stopped, step, last_checkpoint: last_ckpt, last_loss });
         }
     }
@@ -362,8 +410,8 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
         // Resumed a run that had already finished.
         last_ckpt = last_ckpt.or_else(|| checkpoint::latest_checkpoint(&run.checkpoints()));
     }
-    sample(task, step)?;
+    sample(task, step, &mut tb, &mut metrics)?;
     bar.finish_with_message(format!("done: loss {}", last_loss.map(|l| format!("{l:.4}")).unwrap_or_default()));
-    run.write_status(Status::Finished, step, None)?;
+    run.write_status(Status::Finished, step, cfg.steps, None)?;
     Ok(Outcome { status: Status::Finished, step, last_checkpoint: last_ckpt, last_loss })
 }

@@ -4,7 +4,7 @@
 //!   virtualenv with torch==2.13.0 for libtorch) and point `.libtorch` at it. Idempotent.
 //! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //! - `demo`: setup, then train each family's small default model on mnist5k and write grids
-//!   under `runs/demo`.
+//!   and an HTML report per run under `runs/demo`.
 //! - `bench optim|data`: genlab beside PyTorch from Python on the same work.
 //! - `download NAME`: a dataset's original files, verified, where genlab-data finds them.
 use anyhow::{bail, Context, Result};
@@ -158,5 +158,12 @@ fn demo(args: &[String]) -> Result<()> {
         eprintln!("  {}", g.display());
     }
     eprintln!("training grids over time are under {}/<family>/samples/", out.display());
+    eprintln!("reports (config, curves, grids over time, checkpoints):");
+    for d in DEMO {
+        let dir = out.join(d.family);
+        let page = dir.join("report.html");
+        run(Command::new(&bin).env_remove("LD_LIBRARY_PATH").arg("report").arg(&dir).arg("--out").arg(&page))?;
+        eprintln!("  {}", page.display());
+    }
     Ok(())
 }

@@ -11,7 +11,13 @@ const APT: &[(&str, &str)] = &[
     ("libhdf5-dev", "/usr/include/hdf5/serial/hdf5.h"),
     ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
     ("python3-venv", "/usr/lib/python3/dist-packages/venv"),
+    // Headless browser for the `genlab report` page tests.
+    ("chromium", "/usr/bin/chromium"),
 ];
+
+/// PyPI packages the tests use, in the project venv: `tensorboard` reads the event files
+/// the training harness writes.
+const PYPI: &[&str] = &["tensorboard"];
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
@@ -195,5 +201,6 @@ pub fn setup() -> Result<PathBuf> {
     openmoji()?;
     let lt = libtorch(&root)?;
     eprintln!("setup: libtorch {TORCH_VERSION} at {}", std::fs::canonicalize(&lt).unwrap_or(lt.clone()).display());
+    python_packages(&root, PYPI)?;
     Ok(lt)
 }
