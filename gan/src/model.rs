@@ -394,8 +394,7 @@ impl Discriminator {
         // DCGAN's convolutions carry no bias (a normalisation follows); without one they do.
         let bias = cfg.d_norm == DNorm::None;
         let main_p = &vs / "main";
-        // LeakyReLU(0.2): max(x, 0.2 x).
-        let lrelu = |x: &Tensor| x.maximum(&(x * 0.2));
+        let lrelu = |x: &Tensor| genlab_core::layers::leaky_relu(x, 0.2);
         let mut main = nn::seq_t().add(DConv::new(&main_p / 0, c, cfg.d_width, 4, 2, 1, bias, sn)).add_fn(lrelu);
         let mut ch = cfg.d_width;
         let mut s = side / 2;
