@@ -1,21 +1,54 @@
 //! `genlab gan ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use genlab_gan::sr::train::{SrRunConfig, SrTask};
+use genlab_gan::stylegan2::generator::NoiseMode;
+use genlab_gan::stylegan2::tools::{self as style_tools, StyleLevel};
+use genlab_gan::stylegan2::train::{StyleGan2RunConfig, StyleGan2Task};
 use genlab_gan::train::{GanRunConfig, GanTask};
+use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum GanCommand {
-    /// Train a GAN (presets: dcgan, wgan, wgan-gp, cgan).
+    /// Train a GAN (presets: dcgan, wgan, wgan-gp, cgan; stylegan2, stylegan2-paper256, stylegan2-f) or a
+    /// super-resolution model (srgan, srresnet).
     #[command(
-        after_help = "Examples:\n  genlab gan train --model dcgan --data mnist5k --steps 5000 --out runs/dcgan\n  genlab gan train --model wgan-gp --data fashion-mnist --steps 20000 --out runs/wgan-gp\n  genlab gan train --model cgan --data digits --steps 600 --out runs/cgan --batch-size 64 --lr 1e-3 --lr-d 1e-3\n  genlab gan train --config gan.toml --resume"
+        after_help = "Examples:\n  genlab gan train --model dcgan --data mnist5k --steps 5000 --out runs/dcgan\n  genlab gan train --model wgan-gp --data fashion-mnist --steps 20000 --out runs/wgan-gp\n  genlab gan train --model cgan --data digits --steps 600 --out runs/cgan --batch-size 64 --lr 1e-3 --lr-d 1e-3\n  genlab gan train --model srgan --scale 2 --data fashion-mnist --steps 3000 --out runs/sr-x2\n  genlab gan train --model srgan --scale 4 --data openmoji-color@64 --steps 3000 --out runs/sr-emoji --pretrain-steps 1000\n  genlab gan train --model stylegan2 --data fashion-mnist --steps 20000 --out runs/sg2\n  genlab gan train --config gan.toml --resume"
     )]
     Train(GanTrainArgs),
     /// Sample from a trained generator (its averaged weights).
     #[command(
-        after_help = "Examples:\n  genlab gan sample --run runs/dcgan --n 64 --out grid.png\n  genlab gan sample --run runs/cgan --n 16 --class 3 --out threes.png"
+        after_help = "Examples:\n  genlab gan sample --run runs/dcgan --n 64 --out grid.png\n  genlab gan sample --run runs/cgan --n 16 --class 3 --out threes.png\n  genlab gan sample --run runs/sg2 --n 64 --truncation 0.7 --out truncated.png\n  genlab gan sample --run runs/sg2 --seeds 1,2,3 --out seeds.png"
     )]
     Sample(GanSampleArgs),
+    /// StyleGAN2 style mixing: rows keep their styles except a coarse, middle or fine range taken from the columns.
+    #[command(
+        name = "style-mix",
+        after_help = "Examples:\n  genlab gan style-mix --run runs/sg2 --rows 1,2,3 --cols 4,5,6 --styles coarse --out mix.png\n  genlab gan style-mix --run runs/sg2 --rows 1,2 --cols 7,8 --styles 4..8 --truncation 0.7 --out mix.png"
+    )]
+    StyleMix(StyleMixArgs),
+    /// StyleGAN2: images along straight lines in W between the latents of the given seeds.
+    #[command(
+        after_help = "Examples:\n  genlab gan interpolate --run runs/sg2 --seeds 1,2 --steps 8 --out interp.png\n  genlab gan interpolate --run runs/sg2 --seeds 1,2,3 --steps 6 --truncation 0.7 --out path.png"
+    )]
+    Interpolate(InterpolateArgs),
+    /// Upscale an image (PNG/JPEG -> PNG) or an HDF5 file of images (-> HDF5) with a super-resolution run.
+    #[command(
+        after_help = "Examples:\n  genlab gan upscale --run runs/sr-x2 small.png big.png\n  genlab gan upscale --run runs/sr-x4 thumbnails.h5 upscaled.h5"
+    )]
+    Upscale(UpscaleArgs),
+    /// PSNR and SSIM of a super-resolution run and of bicubic upscaling on held-out images.
+    #[command(
+        name = "sr-eval",
+        after_help = "Examples:\n  genlab gan sr-eval --run runs/sr-x2 --data fashion-mnist:test --n 1000\n  genlab gan sr-eval --run runs/sr-x4 --data fashion-mnist:test --json sr.json --grid compare.png"
+    )]
+    SrEval(SrEvalArgs),
+    /// Write N samples per class with their labels (HDF5) from a class-conditional run.
+    #[command(
+        after_help = "Examples:\n  genlab gan augment --run runs/cgan --per-class 500 --out aug.h5\n  genlab gan augment --run runs/cgan --per-class 100 --classes 3,8 --out extra.h5 --seed 1"
+    )]
+    Augment(AugmentArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -25,6 +58,12 @@ pub struct GanTrainArgs {
     /// Discriminator learning rate (two time scales); defaults to the preset's, or to --lr when given.
     #[arg(long)]
     pub lr_d: Option<f64>,
+    /// Super-resolution factor: 2, 4 or 8 (srgan and srresnet; default 4).
+    #[arg(long)]
+    pub scale: Option<i64>,
+    /// Pixel-only (SRResNet) steps before the adversarial term starts (srgan; default 1000).
+    #[arg(long)]
+    pub pretrain_steps: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -34,16 +73,173 @@ pub struct GanSampleArgs {
     /// Draw every sample from this class (conditional models; default: cycle through the classes).
     #[arg(long)]
     pub class: Option<i64>,
+    /// StyleGAN2: the truncation trick, w_avg + psi (w - w_avg), psi in [0, 1] (1: none).
+    #[arg(long)]
+    pub truncation: Option<f64>,
+    /// StyleGAN2: one image per seed, comma-separated, instead of --n random ones.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StyleMixArgs {
+    /// StyleGAN2 run directory or checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Seeds of the rows (whose styles are kept outside --styles).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub rows: Vec<u64>,
+    /// Seeds of the columns (whose --styles replace the rows').
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub cols: Vec<u64>,
+    /// coarse, middle, fine, or a range of w indices A..B.
+    #[arg(long, default_value = "coarse")]
+    pub styles: String,
+    /// Truncation psi in [0, 1] (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub truncation: f64,
+    /// PNG grid.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InterpolateArgs {
+    /// StyleGAN2 run directory or checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Two or more seeds: the path goes through their latents in order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub seeds: Vec<u64>,
+    /// Images per segment, both ends included.
+    #[arg(long, default_value_t = 8)]
+    pub steps: i64,
+    /// Truncation psi in [0, 1] (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub truncation: f64,
+    /// PNG grid (one row per segment) or .h5.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpscaleArgs {
+    /// Super-resolution run directory (its newest checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// A PNG or JPEG image (greyscale for a 1-channel model, colour for 3), or an HDF5 file of images.
+    pub input: PathBuf,
+    /// A .png for an image input, a .h5 for an HDF5 input.
+    pub output: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
+    /// Images per forward pass (HDF5 input).
+    #[arg(long, default_value_t = 256)]
+    pub chunk: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SrEvalArgs {
+    /// Super-resolution run directory (its newest checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// High-resolution images: each is downscaled as in training, then upscaled and compared with itself.
+    #[arg(long, help = crate::data_cmd::DATASET_HELP)]
+    pub data: String,
+    #[command(flatten)]
+    pub data_options: crate::data_cmd::DataOptions,
+    /// Use the first N images (default: all).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Also write the numbers as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write a PNG grid of the first 8 images: bicubic | model | original on each row.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 250)]
+    pub chunk: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AugmentArgs {
+    /// Class-conditional run directory (e.g. trained with --model cgan) or a checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Images per class.
+    #[arg(long)]
+    pub per_class: usize,
+    /// Only these classes, comma-separated (default: every class of the model).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<i64>>,
+    /// HDF5 output: `images` (uint8, N x C x H x W) and `labels`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
 }
 
 pub fn run(cmd: GanCommand) -> Result<()> {
     match cmd {
         GanCommand::Train(a) => train(a),
         GanCommand::Sample(a) => sample(a),
+        GanCommand::StyleMix(a) => style_mix(a),
+        GanCommand::Interpolate(a) => interpolate(a),
+        GanCommand::Upscale(a) => upscale(a),
+        GanCommand::SrEval(a) => sr_eval(a),
+        GanCommand::Augment(a) => augment(a),
     }
 }
 
+/// Whether this `train` is a super-resolution run: the run's own config when resuming, else the preset.
+fn is_sr_train(a: &TrainArgs) -> Result<bool> {
+    let config_path = a.out.join("config.json");
+    if a.resume && config_path.is_file() {
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
+        return Ok(genlab_gan::sr::train::is_sr_config(&value));
+    }
+    Ok(genlab_gan::sr::train::is_preset(&a.model))
+}
+
+/// Whether `train` continues or starts a StyleGAN2 run.
+fn is_stylegan2_train(a: &TrainArgs) -> Result<bool> {
+    let config_path = a.out.join("config.json");
+    if a.resume && config_path.is_file() {
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
+        return Ok(genlab_gan::stylegan2::train::is_stylegan2_config(&value));
+    }
+    Ok(genlab_gan::stylegan2::train::is_preset(&a.model))
+}
+
 fn train(args: GanTrainArgs) -> Result<()> {
+    if is_sr_train(&args.common)? {
+        return train_sr(args);
+    }
+    if is_stylegan2_train(&args.common)? {
+        return train_stylegan2(args);
+    }
+    if args.scale.is_some() || args.pretrain_steps.is_some() {
+        bail!(
+            "--scale and --pretrain-steps apply to the super-resolution presets ({}), not --model {}",
+            genlab_gan::sr::train::PRESETS.join(", "),
+            args.common.model
+        );
+    }
     let a = &args.common;
     let device = a.device.resolve()?;
     let run = a.run_config(|ds| {
@@ -62,8 +258,75 @@ fn train(args: GanTrainArgs) -> Result<()> {
     a.train(run, device, |run, device| Ok(GanTask::new(run, device)?))
 }
 
+/// `genlab gan train` for the super-resolution presets (`genlab_gan::sr::train`).
+fn train_sr(args: GanTrainArgs) -> Result<()> {
+    let a = &args.common;
+    let device = a.device.resolve()?;
+    let run = a.run_config(|ds| {
+        let [c, h, w] = ds.shape();
+        let mut run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
+        if let Some(lr) = a.lr {
+            run.lr_g = lr;
+            run.lr_d = lr;
+        }
+        run.lr_d = args.lr_d.unwrap_or(run.lr_d);
+        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+        run.pretrain_steps = args.pretrain_steps.unwrap_or(run.pretrain_steps);
+        run.precision = a.precision;
+        run.validate()?;
+        Ok(run)
+    })?;
+    if a.resume && args.scale.is_some_and(|s| s != run.sr.scale) {
+        bail!("{}: the run upscales x{}; --scale cannot change when resuming", a.out.display(), run.sr.scale);
+    }
+    a.train(run, device, |run, device| Ok(SrTask::new(run, device)?))
+}
+
+/// `genlab gan train` for the StyleGAN2 presets (`genlab_gan::stylegan2::train`).
+fn train_stylegan2(args: GanTrainArgs) -> Result<()> {
+    if args.scale.is_some() || args.pretrain_steps.is_some() {
+        bail!("--scale and --pretrain-steps apply to the super-resolution presets, not to StyleGAN2");
+    }
+    let a = &args.common;
+    let device = a.device.resolve()?;
+    let run = a.run_config(|ds| {
+        let [c, h, w] = ds.shape();
+        let mut run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+        if let Some(lr) = a.lr {
+            run.lr_g = lr;
+            run.lr_d = lr;
+        }
+        run.lr_d = args.lr_d.unwrap_or(run.lr_d);
+        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+        run.precision = a.precision;
+        run.validate()?;
+        Ok(run)
+    })?;
+    a.train(run, device, |run, device| Ok(StyleGan2Task::new(run, device)?))
+}
+
+impl crate::RunConfig for StyleGan2RunConfig {
+    const WHAT: &'static str = "a StyleGAN2 run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
 impl crate::RunConfig for GanRunConfig {
     const WHAT: &'static str = "a GAN run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+impl crate::RunConfig for SrRunConfig {
+    const WHAT: &'static str = "a super-resolution run configuration";
     fn data(&self) -> &str {
         &self.data
     }
@@ -75,12 +338,25 @@ impl crate::RunConfig for GanRunConfig {
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;
     if a.n <= 0 {
-        anyhow::bail!("--n must be at least 1");
+        bail!("--n must be at least 1");
     }
     let device = a.device.resolve()?;
+    if genlab_gan::stylegan2::train::is_stylegan2_run(&a.run)? {
+        return sample_stylegan2(&args, device);
+    }
+    if args.truncation.is_some() || args.seeds.is_some() {
+        bail!("--truncation and --seeds apply to StyleGAN2 runs; {} is not one", a.run.display());
+    }
     let (_vs, generator, _) = genlab_gan::train::load(&a.run, device)?;
     // --class C for every sample; a conditional model otherwise cycles through its classes.
     let labels: Option<Vec<i64>> = match (args.class, generator.cfg.num_classes) {
+        (Some(_), None) => bail!(
+            "--class needs a class-conditional model (trained with --model cgan); {} is unconditional",
+            a.run.display()
+        ),
+        (Some(c), Some(k)) if c < 0 || c >= k => {
+            bail!("--class {c} is out of range: {} has {k} classes, 0..={}", a.run.display(), k - 1)
+        }
         (Some(c), _) => Some(vec![c; a.n as usize]),
         (None, Some(k)) => Some((0..a.n).map(|i| i % k).collect()),
         (None, None) => None,
@@ -89,5 +365,141 @@ fn sample(args: GanSampleArgs) -> Result<()> {
     let imgs = genlab_gan::sample::sample(&generator, a.n, labels.as_deref())?;
     genlab_core::images::save_samples(&imgs, &a.out, labels.as_deref())?;
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    Ok(())
+}
+
+fn sample_stylegan2(args: &GanSampleArgs, device: tch::Device) -> Result<()> {
+    let a = &args.common;
+    if args.class.is_some() {
+        bail!("--class: {} is an unconditional StyleGAN2 run", a.run.display());
+    }
+    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
+    let psi = args.truncation.unwrap_or(1.0);
+    let imgs = match &args.seeds {
+        Some(seeds) => style_tools::sample_seeds(&g, seeds, psi, NoiseMode::Const)?,
+        None => {
+            tch::manual_seed(a.seed as i64);
+            style_tools::sample(&g, a.n, psi, NoiseMode::Const)?
+        }
+    };
+    genlab_core::images::save_samples(&imgs, &a.out, None)?;
+    eprintln!("wrote {} samples to {}", imgs.size()[0], a.out.display());
+    Ok(())
+}
+
+/// `coarse`, `middle`, `fine` or `A..B` as a range of w indices of a generator with `num_ws`.
+fn style_range(spec: &str, num_ws: i64) -> Result<std::ops::Range<usize>> {
+    if let Some((a, b)) = spec.split_once("..") {
+        let parse =
+            |x: &str| x.trim().parse::<usize>().with_context(|| format!("--styles {spec}: `{x}` is not a number"));
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a >= b || b > num_ws as usize {
+            bail!("--styles {spec}: need A < B <= {num_ws} (the generator has {num_ws} w inputs)");
+        }
+        return Ok(a..b);
+    }
+    let level: StyleLevel = spec.parse()?;
+    let range = style_tools::style_range(num_ws, level);
+    if range.is_empty() {
+        bail!("--styles {spec}: a generator with {num_ws} w inputs has no {spec} styles; give a range A..B");
+    }
+    Ok(range)
+}
+
+fn style_mix(a: StyleMixArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
+    let range = style_range(&a.styles, g.num_ws())?;
+    let grid = style_tools::style_mixing_grid(&g, &a.rows, &a.cols, range, a.truncation, NoiseMode::Const)?;
+    let tiles = genlab_core::images::to_u8(&grid.images);
+    let png = genlab_core::images::make_grid(&tiles, grid.ncol, 1)?;
+    genlab_core::images::save_png(&png, &a.out)?;
+    eprintln!("wrote a {}x{} style-mixing grid to {}", a.rows.len() + 1, a.cols.len() + 1, a.out.display());
+    Ok(())
+}
+
+fn interpolate(a: InterpolateArgs) -> Result<()> {
+    if a.steps < 2 {
+        bail!("--steps must be at least 2 (both ends of each segment)");
+    }
+    let device = a.device.resolve()?;
+    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
+    let imgs = style_tools::interpolate_w(&g, &a.seeds, a.steps, a.truncation, NoiseMode::Const)?;
+    if a.out.extension().is_some_and(|e| e == "png") {
+        let tiles = genlab_core::images::to_u8(&imgs);
+        let png = genlab_core::images::make_grid(&tiles, a.steps, 1)?;
+        genlab_core::images::save_png(&png, &a.out)?;
+    } else {
+        genlab_core::images::save_samples(&imgs, &a.out, None)?;
+    }
+    eprintln!("wrote {} images to {}", imgs.size()[0], a.out.display());
+    Ok(())
+}
+
+fn upscale(a: UpscaleArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
+    let s = genlab_gan::sr::upscale::upscale_file(&model, &a.input, &a.output, a.chunk)?;
+    let shape = |v: [i64; 3]| format!("{}x{}x{}", v[0], v[1], v[2]);
+    eprintln!(
+        "upscaled {} image{} x{} ({} -> {}) to {}",
+        s.images,
+        if s.images == 1 { "" } else { "s" },
+        model.cfg.scale,
+        shape(s.input_shape),
+        shape(s.output_shape),
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn sr_eval(a: SrEvalArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
+    let step = genlab_core::train::open_checkpoint(&a.run)?.step();
+    let ds = a.data_options.open(&a.data, 0)?;
+    let e = genlab_gan::sr::upscale::evaluate(&model, ds.as_ref(), a.n, a.chunk)?;
+    let [c, h, w] = e.image_shape;
+    println!("{}: {} images of {c}x{h}x{w}, x{} from {}x{}", a.data, e.images, e.scale, h / e.scale, w / e.scale);
+    println!("  model (step {step})  PSNR {:6.2} dB  SSIM {:.4}", e.psnr_model, e.ssim_model);
+    println!("  bicubic          PSNR {:6.2} dB  SSIM {:.4}", e.psnr_bicubic, e.ssim_bicubic);
+    if let Some(path) = &a.json {
+        let mut v = serde_json::to_value(&e)?;
+        v["run"] = serde_json::json!(a.run.display().to_string());
+        v["step"] = serde_json::json!(step);
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.grid {
+        let rows = genlab_gan::sr::upscale::comparison(&model, ds.as_ref(), 8)?;
+        let u8s = genlab_core::images::to_u8(&rows);
+        genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, 3, 2)?, path)?;
+        eprintln!("wrote bicubic | model | original rows to {}", path.display());
+    }
+    Ok(())
+}
+
+fn augment(a: AugmentArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let (_vs, generator, _) = genlab_gan::train::load(&a.run, device)?;
+    if generator.cfg.num_classes.is_none() {
+        bail!("augment needs a class-conditional model (e.g. --model cgan); {} is unconditional", a.run.display());
+    }
+    if a.per_class == 0 {
+        bail!("--per-class must be at least 1");
+    }
+    tch::manual_seed(a.seed as i64);
+    let s = genlab_gan::augment::augment(&generator, a.per_class, a.classes.as_deref(), &a.out, 256)?;
+    eprintln!(
+        "wrote {} images ({} per class, classes {:?}) of {}x{}x{} with labels to {}",
+        s.images,
+        s.per_class,
+        s.classes,
+        s.image_shape[0],
+        s.image_shape[1],
+        s.image_shape[2],
+        a.out.display()
+    );
     Ok(())
 }

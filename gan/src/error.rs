@@ -7,6 +7,8 @@ pub enum GanError {
         "the {network} was built for images {expected:?} (channels, height, width), got a batch of shape {found:?}"
     )]
     ImageShape { network: &'static str, expected: [i64; 3], found: Vec<i64> },
+    #[error("{path}: {message}")]
+    Image { path: std::path::PathBuf, message: String },
     #[error("labels: {0}")]
     Labels(String),
     #[error("training collapsed: {0}")]

@@ -6,11 +6,16 @@
 //! - [`metrics`]: sample diversity and the Fréchet distance between feature sets.
 //! - [`train`]: the training step for genlab-core's harness, collapse detection, and loading trained runs.
 //! - [`sample`]: sampling from a trained generator.
+//! - [`augment`]: labelled synthetic data from a class-conditional generator.
+//! - [`sr`]: single-image super-resolution (SRResNet, SRGAN), PSNR and SSIM.
+pub mod augment;
 pub mod error;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod sample;
+pub mod sr;
+pub mod stylegan2;
 pub mod train;
 
 pub use error::{GanError, Result};

@@ -11,12 +11,32 @@
 //! - Gradient penalty: Gulrajani et al., "Improved Training of Wasserstein GANs"
 //!   (arXiv 1704.00028), Algorithm 1 (lambda = 10), following the reference
 //!   `igul222/improved_wgan_training` `gan_mnist.py`.
+//! - Super-resolution: Ledig et al., "Photo-Realistic Single Image Super-Resolution Using a
+//!   Generative Adversarial Network" (arXiv 1609.04802), equation 3 with the pixel-wise MSE
+//!   content loss (equation 4) and the adversarial term weighted 1e-3.
 use tch::{nn::VarStore, Kind, Tensor};
 
 /// The paper's gradient-penalty weight.
 pub const GP_LAMBDA: f64 = 10.0;
 /// The paper's WGAN clipping bound.
 pub const WGAN_CLIP: f64 = 0.01;
+
+/// SRGAN's weight of the adversarial term in the generator's perceptual loss.
+pub const SRGAN_ADVERSARIAL_WEIGHT: f64 = 1e-3;
+
+/// SRGAN's generator loss with the pixel-wise content loss: `MSE(sr, hr) + w * -log D(G(lr))`
+/// given the discriminator's logits on the super-resolved images, or the MSE alone (SRResNet)
+/// without them. Returns (loss, MSE).
+///
+/// # Shapes
+/// - `sr`, `hr`: [batch, c, h, w]; `fake`: [batch] logits -> (scalar, scalar)
+pub fn sr_generator_loss(sr: &Tensor, hr: &Tensor, fake: Option<&Tensor>, adversarial_weight: f64) -> (Tensor, Tensor) {
+    let mse = (sr.to_kind(Kind::Float) - hr.to_kind(Kind::Float)).square().mean(Kind::Float);
+    match fake {
+        Some(f) => (&mse + g_loss_non_saturating(f) * adversarial_weight, mse),
+        None => (mse.shallow_clone(), mse),
+    }
+}
 
 /// Non-saturating discriminator loss: `-log D(x) - log(1 - D(G(z)))`, D = sigmoid(logit).
 ///

@@ -534,6 +534,19 @@ pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Generat
     if family != FAMILY {
         return Err(GanError::WrongFamily { path: path.to_path_buf(), found: family });
     }
+    if crate::sr::train::is_sr_config(&ck.config) {
+        return Err(GanError::Config(format!(
+            "{}: this is a super-resolution run, which upscales images rather than drawing new ones; use \
+             `genlab gan upscale` or `genlab gan sr-eval` with it",
+            ck.dir.display()
+        )));
+    }
+    if crate::stylegan2::train::is_stylegan2_config(&ck.config) {
+        return Err(GanError::Config(format!(
+            "{}: this is a StyleGAN2 run; load it with genlab_gan::stylegan2::train::load (the CLI does so itself)",
+            ck.dir.display()
+        )));
+    }
     let run: GanRunConfig = serde_json::from_value(ck.config.clone())
         .map_err(|e| GanError::Config(format!("{}: config.json is not a GAN configuration: {e}", ck.dir.display())))?;
     let vs = VarStore::new(device);
