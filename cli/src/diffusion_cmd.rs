@@ -3,17 +3,19 @@ use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::DeviceSpec;
+use genlab_diffusion::latent::{self, install_autoencoder, latent_run_config, load_run, LatentOptions};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
-use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
+use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
 use std::path::PathBuf;
 use tch::Tensor;
 
 #[derive(Subcommand, Debug)]
 pub enum DiffusionCommand {
-    /// Train a denoising diffusion model (presets: unet-tiny, unet-28, unet-32, unet-64, unet-ddpm).
+    /// Train a denoising diffusion model (presets: unet-tiny, unet-28, unet-32, unet-64, unet-ddpm),
+    /// on pixels or, with --latent-autoencoder, on a KL autoencoder's latents.
     #[command(
-        after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume"
+        after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume\n  genlab vae train --model kl-f4 --data fashion-mnist --steps 5000 --out runs/kl-f4-fashion\n  genlab diffusion train --model unet-tiny --data fashion-mnist --latent-autoencoder runs/kl-f4-fashion --steps 20000 --out runs/ldm-fashion"
     )]
     Train(Box<TrainFlags>),
     /// Sample from a trained model (its EMA weights).
@@ -21,7 +23,8 @@ pub enum DiffusionCommand {
         after_help = "Examples:\n  genlab diffusion sample --run runs/ddpm-digits --sampler ddim --steps 50 --n 64 --out grid.png\n  genlab diffusion sample --run runs/ddpm-mnist --sampler dpmpp-2m --steps 20 --guidance 3 --class 7 --n 16 --out sevens.png"
     )]
     Sample(SampleFlags),
-    /// Fill the black region of a mask with RePaint (white pixels are kept exactly).
+    /// Fill the black region of a mask with RePaint (white pixels are kept exactly). On a latent run
+    /// RePaint works on the latents, where a latent pixel is kept only if its whole patch is white.
     #[command(
         after_help = "Examples:\n  genlab diffusion inpaint --run runs/ddpm-mnist --input digit.png --mask mask.png --out filled.png\n  genlab diffusion inpaint --run runs/ddpm-mnist --input digit.png --mask mask.png --out filled.png --steps 250 --jump-length 10 --resamplings 10"
     )]
@@ -37,12 +40,13 @@ pub enum DiffusionCommand {
 pub struct TrainFlags {
     #[command(flatten)]
     common: TrainArgs,
-    /// What the network predicts: eps, x0 or v.
-    #[arg(long, default_value = "eps")]
-    prediction: String,
-    /// Beta schedule: linear, cosine, scaled_linear or sigmoid.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
+    /// What the network predicts: eps, x0 or v [default: eps; v for a latent run].
+    #[arg(long)]
+    prediction: Option<String>,
+    /// Beta schedule: linear, cosine, scaled_linear or sigmoid [default: linear 1e-4..0.02 (DDPM);
+    /// scaled_linear 0.00085..0.012 (Stable Diffusion 2) for a latent run].
+    #[arg(long)]
+    schedule: Option<String>,
     /// Training timesteps.
     #[arg(long, default_value_t = 1000)]
     timesteps: usize,
@@ -60,6 +64,15 @@ pub struct TrainFlags {
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
+    /// Latent diffusion: train on the latents of this KL autoencoder run (`genlab vae train --model
+    /// kl-f2|kl-f4|sd15`), which is copied into OUT/autoencoder. On --resume it may be given again
+    /// only as the same path.
+    #[arg(long, value_name = "RUN_DIR")]
+    latent_autoencoder: Option<PathBuf>,
+    /// Latents are multiplied by this (default: 1 / std of encoded training batches, estimated once
+    /// when the run starts).
+    #[arg(long, value_name = "SCALE", requires = "latent_autoencoder")]
+    latent_scale: Option<f64>,
 }
 
 /// The class to condition on and the guidance scale.
@@ -155,6 +168,7 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 fn train(f: TrainFlags) -> Result<()> {
     let a = &f.common;
     let device = a.device.resolve()?;
+    let mut fresh = false;
     let run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let num_classes = match (f.cond, ds.num_classes()) {
@@ -162,14 +176,43 @@ fn train(f: TrainFlags) -> Result<()> {
             (true, Some(k)) => Some(k),
             (true, None) => bail!("--cond needs a labelled dataset; `{}` has no labels", a.data),
         };
+        // Latent runs start from Stable Diffusion 2's schedule: without x0 clipping, an epsilon
+        // model's deterministic samplers (DDIM, DPM-Solver) amplify its errors at the noisiest steps.
+        let base = if f.latent_autoencoder.is_some() {
+            ScheduleConfig::stable_diffusion_v2()
+        } else {
+            ScheduleConfig::default()
+        };
         let schedule = ScheduleConfig {
             num_train_timesteps: f.timesteps,
-            beta_schedule: f.schedule.parse::<BetaSchedule>()?,
-            prediction_type: f.prediction.parse::<PredictionType>()?,
-            ..ScheduleConfig::default()
+            beta_schedule: f
+                .schedule
+                .as_deref()
+                .map(str::parse::<BetaSchedule>)
+                .transpose()?
+                .unwrap_or(base.beta_schedule),
+            prediction_type: f
+                .prediction
+                .as_deref()
+                .map(str::parse::<PredictionType>)
+                .transpose()?
+                .unwrap_or(base.prediction_type),
+            ..base
         };
-        let mut run =
-            DiffusionRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], num_classes, schedule, &a.data)?;
+        let mut run = match &f.latent_autoencoder {
+            None => DiffusionRunConfig::from_preset(
+                &a.model,
+                [c as i64, h as i64, w as i64],
+                num_classes,
+                schedule,
+                &a.data,
+            )?,
+            Some(ae) => {
+                let opts = LatentOptions { scale: f.latent_scale, seed: a.seed, ..LatentOptions::default() };
+                latent_run_config(&a.model, ae, ds, num_classes, schedule, &a.data, &opts, device)?
+            }
+        };
+        fresh = true;
         run.lr = a.lr.unwrap_or(run.lr);
         run.batch_size = a.batch_size.unwrap_or(run.batch_size);
         run.precision = a.precision;
@@ -181,7 +224,31 @@ fn train(f: TrainFlags) -> Result<()> {
         run.weight_decay = f.weight_decay;
         Ok(run)
     })?;
-    a.train(run, device, |run, device| Ok(DiffusionTask::new(run, device)?))
+    match (&run.latent, fresh) {
+        (Some(l), true) => {
+            let dir = install_autoencoder(&run, &a.out)?;
+            let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
+            eprintln!(
+                "latent diffusion on {:?} latents of {} (copied to {}), scale {:.6} ({how})",
+                l.latent_shape,
+                l.autoencoder_source.display(),
+                dir.display(),
+                l.scale
+            );
+        }
+        (_, false) => {
+            run.check_resume(f.latent_autoencoder.as_deref(), f.latent_scale)?;
+            if f.latent_autoencoder.is_some() {
+                eprintln!(
+                    "resuming with the run's own copy of the autoencoder ({})",
+                    a.out.join(latent::AUTOENCODER_DIR).display()
+                );
+            }
+        }
+        (None, true) => {}
+    }
+    let out = a.out.clone();
+    a.train(run, device, |run, device| Ok(DiffusionTask::for_run(run, &out, device)?))
 }
 
 impl crate::RunConfig for DiffusionRunConfig {
@@ -201,13 +268,22 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     }
     let kind = f.sampler.parse::<SchedulerKind>()?;
     let device = a.device.resolve()?;
-    let (net, run) = load(&a.run, device)?;
+    let (net, run, ae) = load_run(&a.run, device)?;
     tch::manual_seed(a.seed as i64);
     let labels = f.guidance.labels(a.n);
-    let imgs = sample(&net.unet, &run.schedule, kind, f.steps, a.n, labels.as_ref(), f.guidance.guidance)?;
+    let (labels, g) = (labels.as_ref(), f.guidance.guidance);
+    let imgs = match &ae {
+        Some(ae) => latent::sample(&net.unet, ae, &run.schedule, kind, f.steps, a.n, labels, g)?,
+        None => sample(&net.unet, &run.schedule, kind, f.steps, a.n, labels, g)?,
+    };
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!("wrote {} samples ({kind}, {} steps) to {}", a.n, f.steps, a.out.display());
     Ok(())
+}
+
+/// The channels of the images a run works on: the autoencoder's for a latent run.
+fn image_channels(net: &genlab_diffusion::train::Network, ae: Option<&latent::LatentAutoencoder>) -> i64 {
+    ae.map(|ae| ae.latent.image_shape[0]).unwrap_or(net.unet.cfg.in_channels)
 }
 
 fn save_one(image: &Tensor, out: &std::path::Path) -> Result<()> {
@@ -219,13 +295,17 @@ fn save_one(image: &Tensor, out: &std::path::Path) -> Result<()> {
 fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     let e = &f.edit;
     let device = e.device.resolve()?;
-    let (net, run) = load(&e.run, device)?;
-    let image = read_image(&e.input, net.unet.cfg.in_channels)?;
+    let (net, run, ae) = load_run(&e.run, device)?;
+    let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
     let mask = read_mask(&f.mask)?;
     tch::manual_seed(e.seed as i64);
     let repaint = RePaint { jump_length: f.jump_length, resamplings: f.resamplings };
     let labels = e.guidance.labels(1);
-    let out = inpaint(&net.unet, &run.schedule, &image, &mask, f.steps, repaint, labels.as_ref(), e.guidance.guidance)?;
+    let (labels, g) = (labels.as_ref(), e.guidance.guidance);
+    let out = match &ae {
+        Some(ae) => latent::inpaint(&net.unet, ae, &run.schedule, &image, &mask, f.steps, repaint, labels, g)?,
+        None => inpaint(&net.unet, &run.schedule, &image, &mask, f.steps, repaint, labels, g)?,
+    };
     save_one(&out, &e.out)
 }
 
@@ -233,11 +313,14 @@ fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
     let e = &f.edit;
     let kind = f.sampler.parse::<SchedulerKind>()?;
     let device = e.device.resolve()?;
-    let (net, run) = load(&e.run, device)?;
-    let image = read_image(&e.input, net.unet.cfg.in_channels)?;
+    let (net, run, ae) = load_run(&e.run, device)?;
+    let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
     tch::manual_seed(e.seed as i64);
     let labels = e.guidance.labels(1);
-    let out =
-        img2img(&net.unet, &run.schedule, kind, f.steps, &image, f.strength, labels.as_ref(), e.guidance.guidance)?;
+    let (labels, g) = (labels.as_ref(), e.guidance.guidance);
+    let out = match &ae {
+        Some(ae) => latent::img2img(&net.unet, ae, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,
+        None => img2img(&net.unet, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,
+    };
     save_one(&out, &e.out)
 }

@@ -46,8 +46,21 @@ pub enum DiffusionError {
     Image { path: std::path::PathBuf, message: String },
     #[error("{path}: this checkpoint belongs to the `{found}` family, not `diffusion`")]
     WrongFamily { path: std::path::PathBuf, found: String },
+    #[error("latent diffusion: {0}")]
+    Latent(String),
+    #[error("{path}: {message}")]
+    Autoencoder { path: std::path::PathBuf, message: String },
+    #[error(
+        "the autoencoder {path} was trained on images of shape {autoencoder:?} ([channels, height, width]), \
+         but the data `{data}` has shape {data_shape:?}: train an autoencoder on this data (or of its shape)"
+    )]
+    AutoencoderShape { path: std::path::PathBuf, autoencoder: [i64; 3], data: String, data_shape: [i64; 3] },
     #[error(transparent)]
     Core(#[from] genlab_core::CoreError),
+    #[error(transparent)]
+    Data(#[from] genlab_data::DataError),
+    #[error("autoencoder: {0}")]
+    Vae(#[from] genlab_vae::VaeError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

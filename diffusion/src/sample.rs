@@ -79,7 +79,8 @@ fn guided_output(
     }
 }
 
-/// Run `scheduler` from `x` over `timesteps`, each model call guided.
+/// Run `scheduler` from `x` over `timesteps`, each model call guided. The result is not clamped
+/// (latents are not bounded).
 fn denoise(
     model: &UNet2DModel,
     scheduler: &mut dyn Scheduler,
@@ -93,7 +94,7 @@ fn denoise(
         let out = guided_output(model, &input, t, labels, guidance_scale)?;
         x = scheduler.step(&out, t, &x)?;
     }
-    Ok(x.clamp(-1.0, 1.0))
+    Ok(x)
 }
 
 /// `n` samples from noise with `steps` steps of the scheduler `kind`. A class-conditional model takes
@@ -105,6 +106,23 @@ fn denoise(
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, sample_size.0, sample_size.1] in [-1, 1]
 pub fn sample(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    kind: SchedulerKind,
+    steps: usize,
+    n: i64,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    Ok(sample_unclamped(model, schedule, kind, steps, n, labels, guidance_scale)?.clamp(-1.0, 1.0))
+}
+
+/// [`sample`] without the final clamp to [-1, 1]: the model's own space (latents for a latent run).
+///
+/// # Shapes
+/// - `labels`: [n] int64
+/// - returns [n, in_channels, sample_size.0, sample_size.1]
+pub(crate) fn sample_unclamped(
     model: &UNet2DModel,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
@@ -167,7 +185,7 @@ impl RePaint {
 }
 
 /// Check that `mask` fits `image`: [n or 1, 1 or c, h, w].
-fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
+pub(crate) fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
     let (i, m) = (image.size(), mask.size());
     let fits =
         i.len() == 4 && m.len() == 4 && (m[0] == i[0] || m[0] == 1) && (m[1] == i[1] || m[1] == 1) && m[2..] == i[2..];
@@ -197,6 +215,30 @@ fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, h, w] in [-1, 1]
 pub fn inpaint(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    image: &Tensor,
+    mask: &Tensor,
+    steps: usize,
+    repaint: RePaint,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    let x = inpaint_unclamped(model, schedule, image, mask, steps, repaint, labels, guidance_scale)?;
+    tch::no_grad(|| {
+        let original = image.f_to_kind(Kind::Float)?.f_to_device(model.device())?;
+        let known = mask.f_to_kind(Kind::Float)?.f_to_device(model.device())?.f_gt(0.5)?.to_kind(Kind::Float);
+        // Known pixels are exact; only generated ones are clipped.
+        Ok(&known * &original + (known.ones_like() - &known) * x.clamp(-1.0, 1.0))
+    })
+}
+
+/// [`inpaint`] without clamping the generated region: the model's own space (latents for a latent
+/// run). The known region is `image` exactly.
+///
+/// # Shapes
+/// - as [`inpaint`]; returns [n, in_channels, h, w]
+pub(crate) fn inpaint_unclamped(
     model: &UNet2DModel,
     schedule: &ScheduleConfig,
     image: &Tensor,
@@ -250,8 +292,7 @@ pub fn inpaint(
                 x = x * ratio.sqrt() + z * (1.0 - ratio).sqrt();
             }
         }
-        // Known pixels are exact; only generated ones are clipped.
-        Ok(&known * &original + &unknown * x.clamp(-1.0, 1.0))
+        Ok(&known * &original + &unknown * x)
     })
 }
 
@@ -264,6 +305,23 @@ pub fn inpaint(
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, h, w] in [-1, 1]
 pub fn img2img(
+    model: &UNet2DModel,
+    schedule: &ScheduleConfig,
+    kind: SchedulerKind,
+    steps: usize,
+    image: &Tensor,
+    strength: f64,
+    labels: Option<&Tensor>,
+    guidance_scale: f64,
+) -> Result<Tensor> {
+    Ok(img2img_unclamped(model, schedule, kind, steps, image, strength, labels, guidance_scale)?.clamp(-1.0, 1.0))
+}
+
+/// [`img2img`] without the final clamp to [-1, 1]: the model's own space (latents for a latent run).
+///
+/// # Shapes
+/// - as [`img2img`]; returns [n, in_channels, h, w]
+pub(crate) fn img2img_unclamped(
     model: &UNet2DModel,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,

@@ -6,6 +6,10 @@
 //! arXiv 2207.12598, Algorithm 1) and optional min-SNR-gamma weighting (Hang et al., arXiv 2303.09556).
 //! Follows diffusers' `examples/unconditional_image_generation/train_unconditional.py` (AdamW,
 //! `EMAModel` with warmup, one optimizer step per batch).
+//!
+//! A latent run (Rombach et al., arXiv 2112.10752; see [`crate::latent`]) trains the same way on the
+//! latents of a frozen autoencoder: [`DiffusionRunConfig::latent`] says which, and [`DiffusionTask`]
+//! encodes each batch before the step and decodes its monitoring samples.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::error::{DiffusionError, Result};
+use crate::latent::{LatentAutoencoder, LatentConfig};
 use crate::loss::{denoising_loss, weighted_mean};
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::scheduler::SchedulerKind;
@@ -47,6 +52,9 @@ pub struct DiffusionRunConfig {
     /// Scheduler and steps of the monitoring sample grids.
     pub sample_scheduler: SchedulerKind,
     pub sample_steps: usize,
+    /// Set for a latent diffusion run: the U-Net learns this autoencoder's latents, not pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<LatentConfig>,
 }
 
 impl DiffusionRunConfig {
@@ -78,7 +86,52 @@ impl DiffusionRunConfig {
             data: data.into(),
             sample_scheduler: SchedulerKind::Ddim,
             sample_steps: 50,
+            latent: None,
         })
+    }
+
+    /// A latent run of U-Net preset `model`: the U-Net is built for `latent.latent_shape`, and the
+    /// schedule does not clip the predicted sample (latents are not bounded to [-1, 1]; Stable
+    /// Diffusion's schedulers set `clip_sample` false too). See [`crate::latent::latent_run_config`],
+    /// which estimates the scale and checks the autoencoder against the data.
+    pub fn from_preset_latent(
+        model: &str,
+        latent: LatentConfig,
+        num_classes: Option<usize>,
+        schedule: ScheduleConfig,
+        data: &str,
+    ) -> Result<Self> {
+        let schedule = ScheduleConfig { clip_sample: false, ..schedule };
+        let mut run = Self::from_preset(model, latent.latent_shape, num_classes, schedule, data)?;
+        run.latent = Some(latent);
+        Ok(run)
+    }
+
+    /// A resumed latent run keeps its autoencoder and scale: `autoencoder` (the path given again, if any)
+    /// must be the one the run started from, and `scale` (if given) its scale. A pixel-space run takes neither.
+    pub fn check_resume(&self, autoencoder: Option<&Path>, scale: Option<f64>) -> Result<()> {
+        let bad = |msg: String| Err(DiffusionError::Latent(msg));
+        match (&self.latent, autoencoder, scale) {
+            (None, None, None) => Ok(()),
+            (None, _, _) => bad("this run trains in pixel space; train on latents in a new run directory".into()),
+            (Some(l), a, s) => {
+                if let Some(a) = a.filter(|a| crate::latent::absolute_path(a) != l.autoencoder_source) {
+                    return bad(format!(
+                        "this latent run was started with the autoencoder {}, not {}; it trains on its own copy \
+                         (autoencoder/ in the run directory): resume without --latent-autoencoder, or start a new run",
+                        l.autoencoder_source.display(),
+                        a.display()
+                    ));
+                }
+                if let Some(s) = s.filter(|&s| (s - l.scale).abs() > 1e-12 * l.scale.abs()) {
+                    return bad(format!(
+                        "this latent run uses the latent scale {}, not {s}: resume without --latent-scale",
+                        l.scale
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Check the training options (the U-Net and schedule check themselves).
@@ -95,6 +148,22 @@ impl DiffusionRunConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
+        }
+        if let Some(l) = &self.latent {
+            let [c, h, w] = l.latent_shape;
+            let unet = [self.unet.in_channels, self.unet.sample_size[0], self.unet.sample_size[1]];
+            if unet != [c, h, w] || self.unet.out_channels != c {
+                return Err(DiffusionError::Latent(format!(
+                    "the U-Net is built for {unet:?} ([channels, height, width]) but the latents are {:?}",
+                    l.latent_shape
+                )));
+            }
+            if !(l.scale.is_finite() && l.scale > 0.0) {
+                return Err(DiffusionError::Latent(format!(
+                    "the latent scale must be positive and finite, got {}",
+                    l.scale
+                )));
+            }
         }
         self.unet.validate()?;
         self.schedule.validate()
@@ -127,11 +196,51 @@ pub struct DiffusionTask {
     pub schedule: NoiseSchedule,
     /// Dynamic loss scaling, for fp16.
     pub scaler: Option<GradScaler>,
+    /// The frozen autoencoder of a latent run.
+    pub autoencoder: Option<LatentAutoencoder>,
     device: Device,
 }
 
 impl DiffusionTask {
+    /// A pixel-space run (a latent run needs its autoencoder: [`DiffusionTask::with_autoencoder`] or
+    /// [`DiffusionTask::for_run`]).
     pub fn new(run: DiffusionRunConfig, device: Device) -> Result<Self> {
+        Self::with_autoencoder(run, None, device)
+    }
+
+    /// A run in the directory `run_dir`: a latent run loads its copy of the autoencoder from there
+    /// (written by [`crate::latent::install_autoencoder`]).
+    pub fn for_run(run: DiffusionRunConfig, run_dir: &Path, device: Device) -> Result<Self> {
+        let ae = run.latent.as_ref().map(|l| LatentAutoencoder::load(run_dir, l, device)).transpose()?;
+        Self::with_autoencoder(run, ae, device)
+    }
+
+    /// A run with its autoencoder, which a latent run must have and a pixel-space run must not.
+    pub fn with_autoencoder(
+        run: DiffusionRunConfig,
+        autoencoder: Option<LatentAutoencoder>,
+        device: Device,
+    ) -> Result<Self> {
+        match (&run.latent, &autoencoder) {
+            (Some(_), None) => {
+                return Err(DiffusionError::Latent(
+                    "a latent diffusion run needs its autoencoder: use DiffusionTask::for_run or with_autoencoder"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(DiffusionError::Latent(
+                    "an autoencoder was given for a pixel-space run configuration (its `latent` is not set)".into(),
+                ))
+            }
+            (Some(l), Some(ae)) if *l != ae.latent => {
+                return Err(DiffusionError::Latent(format!(
+                    "the autoencoder's latent configuration {:?} is not the run's {l:?}",
+                    ae.latent
+                )))
+            }
+            _ => {}
+        }
         run.validate()?;
         run.precision.validate(device)?;
         let net = Network::new(&run.unet, device)?;
@@ -142,7 +251,7 @@ impl DiffusionTask {
         ema.warmup = true;
         let schedule = NoiseSchedule::new(&run.schedule)?;
         let scaler = run.precision.needs_scaler().then(GradScaler::default);
-        Ok(DiffusionTask { net, ema_net, ema, opt, run, schedule, scaler, device })
+        Ok(DiffusionTask { net, ema_net, ema, opt, run, schedule, scaler, autoencoder, device })
     }
 
     /// The EMA weights, copied into [`DiffusionTask::ema_net`], which is returned.
@@ -172,7 +281,11 @@ impl DiffusionTask {
     }
 
     fn step(&mut self, batch: &Batch) -> Result<StepOutput> {
-        let x0 = &batch.images;
+        let latents = match &self.autoencoder {
+            Some(ae) => Some(ae.encode(&batch.images, ae.latent.sample_posterior)?),
+            None => None,
+        };
+        let x0 = latents.as_ref().unwrap_or(&batch.images);
         let n = x0.size()[0];
         let t = Tensor::randint(self.schedule.num_train_timesteps() as i64, [n], (Kind::Int64, self.device));
         let noise = x0.randn_like();
@@ -208,11 +321,17 @@ impl TrainTask for DiffusionTask {
     }
 
     /// EMA samples with the run's monitoring scheduler, cycling through the classes of a
-    /// class-conditional model (no guidance).
+    /// class-conditional model (no guidance); a latent run's are decoded to images.
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        let model = self.ema_model().map_err(to_core)?;
-        crate::sample::sample(model, &self.run.schedule, self.run.sample_scheduler, self.run.sample_steps, n, None, 1.0)
-            .map_err(to_core)
+        self.ema.copy_to(&self.ema_net.vs)?;
+        let (model, run) = (&self.ema_net.unet, &self.run);
+        match &self.autoencoder {
+            Some(ae) => {
+                crate::latent::sample(model, ae, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0)
+            }
+            None => crate::sample::sample(model, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0),
+        }
+        .map_err(to_core)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
