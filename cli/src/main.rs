@@ -5,6 +5,7 @@
 mod config_file;
 mod data_cmd;
 mod diffusion_cmd;
+mod eval_cmd;
 mod gan_cmd;
 mod report_cmd;
 mod vae_cmd;
@@ -47,6 +48,12 @@ enum Command {
     /// Datasets: describe, convert to HDF5, preview.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Sample quality of any family's run or of a samples file (FD, KID, precision/recall, IS, class
+    /// coverage, each beside its real-vs-real figure); `eval train-classifier` trains the dataset classifier.
+    #[command(
+        after_help = "Examples:\n  genlab eval train-classifier --data fashion-mnist --steps 3000 --out runs/clf-fm --test fashion-mnist:test\n  genlab eval --run runs/gan --data fashion-mnist --n 1000 --features classifier:runs/clf-fm --json gan-eval.json\n  genlab eval --run runs/ddpm --data mnist5k --sampler ddim --steps 50 --features inception\n  genlab eval --samples samples.h5 --data fashion-mnist --features classifier:runs/clf-fm"
+    )]
+    Eval(Box<eval_cmd::EvalCommand>),
     /// Show a run's or checkpoint's configuration, parameter count and tensors.
     #[command(after_help = "Examples:\n  genlab info runs/vae\n  genlab info runs/vae/checkpoints/step-00002000")]
     Info {
@@ -252,6 +259,7 @@ fn main() {
         Command::Vae(c) => vae_cmd::run(c),
         Command::Gan(c) => gan_cmd::run(c),
         Command::Diffusion(c) => diffusion_cmd::run(c),
+        Command::Eval(c) => eval_cmd::run(*c),
         Command::Data(c) => {
             exit_on_broken_pipe();
             data_cmd::run(c)

@@ -133,6 +133,127 @@ pub fn download(name: &str, root: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// pytorch-fid's FID Inception-v3 weights (TensorFlow's 2015-12-05 Inception graph ported to PyTorch).
+pub const FID_INCEPTION_URL: &str =
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
+pub const FID_INCEPTION_PTH: &str = "pt_inception-2015-12-05-6726825d.pth";
+/// torch.hub's check: the hash in the file name is the start of the file's sha256.
+pub const FID_INCEPTION_SHA256_PREFIX: &str = "6726825d";
+/// Where genlab-eval looks for the converted weights (`genlab_eval::inception::WEIGHTS_SAFETENSORS`).
+pub const FID_INCEPTION_SAFETENSORS: &str = "fid-inception/pt_inception-2015-12-05-6726825d.safetensors";
+/// Tensors of the state dict: 94 conv + BatchNorm layers (conv weight; bn weight, bias, running
+/// mean and variance) and `fc`'s weight and bias, `num_batches_tracked` counters left out.
+pub const FID_INCEPTION_TENSORS: usize = 94 * 5 + 2;
+
+/// Reads a `torch.save`d state dict (zip or the legacy format, dict or OrderedDict: libtorch's
+/// C++ loader reads neither the legacy format nor an OrderedDict, so torch itself reads it) and
+/// writes it as safetensors, float32, names sorted, `num_batches_tracked` left out.
+/// argv: source, destination, expected tensor count (0: any).
+const CONVERT_PY: &str = r#"
+import json, struct, sys
+import torch
+src, dst, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sd = torch.load(src, map_location="cpu", weights_only=True)
+if not isinstance(sd, dict):
+    sys.exit(f"{src}: holds a {type(sd).__name__}, not a state dict")
+names = sorted(n for n in sd if not n.endswith("num_batches_tracked"))
+if expected and len(names) != expected:
+    sys.exit(f"{src}: {len(names)} tensors, expected {expected}; not the FID Inception-v3 state dict")
+header, blobs, off = {}, [], 0
+for n in names:
+    b = sd[n].detach().to(torch.float32).contiguous().numpy().tobytes()
+    header[n] = {"dtype": "F32", "shape": list(sd[n].shape), "data_offsets": [off, off + len(b)]}
+    blobs.append(b)
+    off += len(b)
+h = json.dumps(header, separators=(",", ":")).encode()
+h += b" " * (-len(h) % 8)
+with open(dst, "wb") as f:
+    f.write(struct.pack("<Q", len(h)))
+    f.write(h)
+    for b in blobs:
+        f.write(b)
+print(len(names))
+"#;
+
+/// Convert a `torch.save`d state dict to safetensors with the project's Python (`.venv`, which
+/// `cargo xtask setup` creates with torch); `expected` tensors when given.
+pub fn convert_state_dict(python: &Path, src: &Path, dst: &Path, expected: Option<usize>) -> Result<usize> {
+    if !python.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask setup` first (the conversion reads the file with torch)",
+            python.display()
+        );
+    }
+    let dir = dst.parent().context("destination has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let part = dst.with_extension("part");
+    let out = Command::new(python)
+        .args(["-c", CONVERT_PY])
+        .arg(src)
+        .arg(&part)
+        .arg(expected.unwrap_or(0).to_string())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&part);
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("converting {}: {}", src.display(), err.trim().lines().last().unwrap_or("python failed"));
+    }
+    let count = String::from_utf8_lossy(&out.stdout).trim().parse::<usize>().context("reading the tensor count")?;
+    std::fs::rename(&part, dst).with_context(|| format!("moving the conversion to {}", dst.display()))?;
+    Ok(count)
+}
+
+/// `cargo xtask download fid-inception [--from FILE]`: fetch (or take `from`) the published
+/// weights, check the sha256 prefix in their name, convert them to safetensors where genlab-eval
+/// finds them, and return that path.
+pub fn fid_inception(project: &Path, root: &Path, from: Option<&Path>) -> Result<PathBuf> {
+    let dir = root.join("fid-inception");
+    let pth = match from {
+        Some(f) => {
+            if !f.is_file() {
+                bail!("--from {}: no such file", f.display());
+            }
+            f.to_path_buf()
+        }
+        None => {
+            let dest = dir.join(FID_INCEPTION_PTH);
+            if !dest.is_file() {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let part = dest.with_extension("part");
+                eprintln!("download: {FID_INCEPTION_URL}");
+                let out = Command::new("curl")
+                    .args(["--fail", "--location", "--silent", "--show-error", "--connect-timeout", "20", "--output"])
+                    .arg(&part)
+                    .arg(FID_INCEPTION_URL)
+                    .output()
+                    .context("running curl (install curl, or fetch the file by hand and pass --from FILE)")?;
+                if !out.status.success() {
+                    let _ = std::fs::remove_file(&part);
+                    bail!(
+                        "could not download {FID_INCEPTION_URL}: {}\nFetch {FID_INCEPTION_PTH} (about 92 MB) on a machine that can reach \
+                         github.com, copy it here and run\n  cargo xtask download fid-inception --from /path/to/{FID_INCEPTION_PTH}",
+                        String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("curl failed")
+                    );
+                }
+                std::fs::rename(&part, &dest).with_context(|| format!("moving the download to {}", dest.display()))?;
+            }
+            dest
+        }
+    };
+    let sum = sha256(&pth)?;
+    if !sum.starts_with(FID_INCEPTION_SHA256_PREFIX) {
+        bail!(
+            "{}: sha256 is {sum}, which does not start with {FID_INCEPTION_SHA256_PREFIX} as the published {FID_INCEPTION_PTH} does",
+            pth.display()
+        );
+    }
+    let dst = root.join(FID_INCEPTION_SAFETENSORS);
+    let n = convert_state_dict(&project.join(".venv/bin/python"), &pth, &dst, Some(FID_INCEPTION_TENSORS))?;
+    eprintln!("download: converted {n} tensors of {} to {}", pth.display(), dst.display());
+    Ok(dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +280,55 @@ mod tests {
         let e = fetch("file:///nonexistent/file", &other, &sum).unwrap_err().to_string();
         assert!(e.contains("put it at") && e.contains("other.bin") && e.contains(&sum), "{e}");
         assert!(download("imagenet", &tmp).unwrap_err().to_string().contains("mnist, fashion-mnist, cifar10"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod fid_inception_tests {
+    use super::*;
+
+    fn project() -> PathBuf {
+        crate::root()
+    }
+
+    /// A small legacy-format OrderedDict state dict (what the published file is) converts to
+    /// safetensors that hold its float32 values, names sorted, without `num_batches_tracked`.
+    #[test]
+    fn converts_a_torch_state_dict_to_safetensors() {
+        let py = project().join(".venv/bin/python");
+        let tmp = std::env::temp_dir().join(format!("genlab-xtask-fid-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let src = tmp.join("small.pth");
+        let make = "import sys, torch, collections\n\
+                    sd = collections.OrderedDict([('b.weight', torch.tensor([1.5, -2.0], dtype=torch.float64)),\n\
+                    ('a.bn.num_batches_tracked', torch.tensor(3)), ('a.conv.weight', torch.arange(6.).view(2, 3))])\n\
+                    torch.save(sd, sys.argv[1], _use_new_zipfile_serialization=False)";
+        let ok = Command::new(&py).args(["-c", make]).arg(&src).status().unwrap().success();
+        assert!(ok, "making the test file with {}", py.display());
+        let dst = tmp.join("out/small.safetensors");
+        assert_eq!(convert_state_dict(&py, &src, &dst, None).unwrap(), 2);
+        let bytes = std::fs::read(&dst).unwrap();
+        let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + hlen]).unwrap();
+        assert!(
+            header.starts_with(r#"{"a.conv.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}"#),
+            "{header}"
+        );
+        assert!(header.contains(r#""b.weight":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}"#), "{header}");
+        assert!(!header.contains("num_batches_tracked"));
+        let data: Vec<f32> = bytes[8 + hlen..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(data, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 1.5, -2.0]);
+        // A wrong tensor count, a file that is no state dict, and a file with another hash are refused.
+        let e = convert_state_dict(&py, &src, &dst, Some(FID_INCEPTION_TENSORS)).unwrap_err().to_string();
+        assert!(e.contains("2 tensors, expected 472"), "{e}");
+        let junk = tmp.join("junk.pth");
+        std::fs::write(&junk, b"not a pickle").unwrap();
+        assert!(convert_state_dict(&py, &junk, &dst, None).unwrap_err().to_string().contains("junk.pth"));
+        let e = fid_inception(&project(), &tmp, Some(&src)).unwrap_err().to_string();
+        assert!(e.contains("does not start with 6726825d"), "{e}");
+        let e = fid_inception(&project(), &tmp, Some(&tmp.join("missing.pth"))).unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

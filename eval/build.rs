@@ -1,0 +1,3 @@
+fn main() {
+    genlab_build::link_libtorch();
+}
