@@ -360,3 +360,327 @@ fn gan_and_diffusion_train_sample_and_edit() {
     );
     assert!(e.contains("mask"), "{e}");
 }
+
+#[test]
+fn gan_super_resolution_train_upscale_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let sr = p("sr");
+    ok(genlab()
+        .args(["gan", "train", "--model", "srgan", "--scale", "2", "--pretrain-steps", "2", "--data", "mnist5k"])
+        .args(["--device", "cpu", "--no-progress", "--batch-size", "8", "--steps", "4", "--out"])
+        .arg(&sr)
+        .output()
+        .unwrap());
+    let config = std::fs::read_to_string(sr.join("config.json")).unwrap();
+    assert!(config.contains("\"kind\": \"super-resolution\"") && config.contains("\"scale\": 2"), "{config}");
+    // A PNG, and an HDF5 file of images.
+    genlab_png(&p("small.png"), 7, 9);
+    ok(genlab().args(["gan", "upscale", "--run"]).arg(&sr).arg(p("small.png")).arg(p("big.png")).output().unwrap());
+    let big = image::open(p("big.png")).unwrap();
+    assert_eq!((big.width(), big.height()), (18, 14));
+    ok(genlab().args(["data", "convert", "digits"]).arg(p("digits.h5")).output().unwrap());
+    ok(genlab().args(["gan", "upscale", "--run"]).arg(&sr).arg(p("digits.h5")).arg(p("up.h5")).output().unwrap());
+    let up = genlab_data::open(&p("up.h5").display().to_string()).unwrap();
+    assert_eq!((up.len(), up.shape(), up.num_classes()), (1797, [1, 16, 16], Some(10)));
+    // PSNR and SSIM of the model and of bicubic upscaling.
+    let text = ok(genlab()
+        .args(["gan", "sr-eval", "--data", "mnist5k", "--n", "20", "--run"])
+        .arg(&sr)
+        .arg("--json")
+        .arg(p("eval.json"))
+        .output()
+        .unwrap());
+    assert!(text.contains("model (step 4)") && text.contains("bicubic") && text.contains("SSIM"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("eval.json")).unwrap()).unwrap();
+    assert_eq!((v["images"].as_u64(), v["scale"].as_i64(), v["step"].as_u64()), (Some(20), Some(2), Some(4)));
+    let bicubic = v["psnr_bicubic"].as_f64().unwrap();
+    assert!((10.0..40.0).contains(&bicubic), "{v}");
+    // Bad input: a colour image for a grey model, an unreadable file, sampling an SR run, --scale elsewhere.
+    image::save_buffer(p("rgb.png"), &[10u8, 200, 30].repeat(16), 4, 4, image::ExtendedColorType::Rgb8).unwrap();
+    let e =
+        fail(genlab().args(["gan", "upscale", "--run"]).arg(&sr).arg(p("rgb.png")).arg(p("o.png")).output().unwrap());
+    assert!(e.contains("rgb.png") && e.contains("3 channels") && e.contains("model of 1 channel"), "{e}");
+    std::fs::write(p("junk.png"), b"not an image").unwrap();
+    let e =
+        fail(genlab().args(["gan", "upscale", "--run"]).arg(&sr).arg(p("junk.png")).arg(p("o.png")).output().unwrap());
+    assert!(e.contains("junk.png"), "{e}");
+    let e = fail(
+        genlab().args(["gan", "sample", "--n", "4", "--run"]).arg(&sr).arg("--out").arg(p("s.png")).output().unwrap(),
+    );
+    assert!(e.contains("super-resolution run") && e.contains("genlab gan upscale"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["gan", "train", "--model", "dcgan", "--scale", "2", "--data", "digits", "--steps", "2", "--out"])
+            .arg(p("d"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--scale") && e.contains("srgan"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["gan", "train", "--model", "srgan", "--scale", "3", "--data", "digits", "--steps", "2", "--out"])
+            .arg(p("x3"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("2, 4 or 8"), "{e}");
+}
+
+#[test]
+fn gan_augment_writes_labelled_samples_and_checks_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let common = ["--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "16", "--steps", "3"];
+    ok(genlab().args(["gan", "train", "--model", "cgan"]).args(common).arg("--out").arg(p("cgan")).output().unwrap());
+    ok(genlab()
+        .args(["gan", "augment", "--per-class", "3", "--seed", "1", "--run"])
+        .arg(p("cgan"))
+        .arg("--out")
+        .arg(p("aug.h5"))
+        .output()
+        .unwrap());
+    let ds = genlab_data::open(&p("aug.h5").display().to_string()).unwrap();
+    assert_eq!((ds.len(), ds.shape(), ds.num_classes()), (30, [1, 8, 8], Some(10)));
+    let mut per_class = [0usize; 10];
+    for i in 0..ds.len() {
+        per_class[ds.get(i).unwrap().label.unwrap() as usize] += 1;
+    }
+    assert_eq!(per_class, [3; 10]);
+    let augment = |extra: &[&str]| {
+        let mut c = genlab();
+        c.args(["gan", "augment", "--run"]).arg(p("cgan")).arg("--out").arg(p("bad.h5")).args(extra);
+        fail(c.output().unwrap())
+    };
+    assert!(augment(&["--per-class", "0"]).contains("--per-class must be at least 1"));
+    let e = augment(&["--per-class", "2", "--classes", "3,12"]);
+    assert!(e.contains("class 12") && e.contains("10 classes"), "{e}");
+    // A class outside the model's range when sampling, and an unconditional model.
+    let e = fail(
+        genlab()
+            .args(["gan", "sample", "--n", "4", "--class", "12", "--run"])
+            .arg(p("cgan"))
+            .arg("--out")
+            .arg(p("x.png"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--class 12 is out of range") && e.contains("10 classes"), "{e}");
+    ok(genlab().args(["gan", "train", "--model", "dcgan"]).args(common).arg("--out").arg(p("dcgan")).output().unwrap());
+    let e = fail(
+        genlab()
+            .args(["gan", "augment", "--per-class", "2", "--run"])
+            .arg(p("dcgan"))
+            .arg("--out")
+            .arg(p("u.h5"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("augment needs a class-conditional model") && e.contains("--model cgan"), "{e}");
+}
+
+/// `genlab eval`: train the digits classifier, evaluate a file of real images (its Fréchet distance
+/// is about the real-vs-real figure) and a barely trained GAN (far worse), and refuse bad input.
+#[test]
+fn eval_trains_a_classifier_and_scores_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    ok(genlab()
+        .args(["eval", "train-classifier", "--data", "digits", "--steps", "60", "--batch-size", "64"])
+        .args(["--device", "cpu", "--no-progress", "--test", "digits", "--out"])
+        .arg(p("clf"))
+        .output()
+        .unwrap());
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let acc = read(p("clf/eval.json"));
+    assert_eq!(acc["total"], 1797);
+    assert!(acc["test_accuracy"].as_f64().unwrap() > 0.8, "{acc}");
+    let features = format!("classifier:{}", p("clf").display());
+
+    ok(genlab().args(["data", "convert", "digits"]).arg(p("digits.h5")).output().unwrap());
+    let eval = |source: &[&str], path: &Path, json: &str| {
+        let mut c = genlab();
+        c.args(["eval", "--data", "digits", "--n", "400", "--device", "cpu", "--features", &features])
+            .args(source)
+            .arg(path)
+            .arg("--json")
+            .arg(p(json));
+        c
+    };
+    let text = ok(eval(&["--samples"], &p("digits.h5"), "real.json").output().unwrap());
+    assert!(text.contains("real-vs-real") && text.contains("Fréchet distance"), "{text}");
+    let r = read(p("real.json"));
+    let fd = |v: &serde_json::Value, set: &str| v[set]["frechet_distance"].as_f64().unwrap();
+    let (gen, base) = (fd(&r, "generated_vs_reference"), fd(&r, "real_vs_reference"));
+    assert!(base > 0.0 && gen < 2.0 * base && base < 2.0 * gen, "real images {gen} vs real-vs-real {base}");
+    assert_eq!(r["feature_dim"], 128);
+    let cov = r["generated_vs_reference"]["class_coverage"]["coverage"].as_f64().unwrap();
+    assert_eq!(cov, 1.0);
+
+    let common = ["--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "16", "--steps", "3"];
+    ok(genlab().args(["gan", "train", "--model", "dcgan"]).args(common).arg("--out").arg(p("gan")).output().unwrap());
+    ok(eval(&["--run"], &p("gan"), "gan.json").output().unwrap());
+    let g = read(p("gan.json"));
+    assert_eq!(g["source"]["family"], "gan");
+    assert!(g["sampling"]["seconds_per_sample"].as_f64().unwrap() > 0.0);
+    assert!(fd(&g, "generated_vs_reference") > 5.0 * fd(&g, "real_vs_reference"), "{g}");
+
+    // Samples of another size, too many images asked of a set without a test split, both sources,
+    // missing Inception weights.
+    ok(genlab().args(["data", "convert", "mnist5k"]).arg(p("mnist.h5")).output().unwrap());
+    let e = fail(eval(&["--samples"], &p("mnist.h5"), "x.json").output().unwrap());
+    assert!(e.contains("[1, 28, 28]") && e.contains("[1, 8, 8]"), "{e}");
+    genlab_data::write_matrix_h5(&p("flat.h5"), "images", &tch::Tensor::zeros([10, 64], tch::kind::FLOAT_CPU), None)
+        .unwrap();
+    let e = fail(eval(&["--samples"], &p("flat.h5"), "x.json").output().unwrap());
+    assert!(e.contains("flat.h5") && e.contains("rank 2"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["eval", "--data", "digits", "--n", "1000", "--features", &features, "--samples"])
+            .arg(p("digits.h5"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("at most 898"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["eval", "--data", "digits", "--run"])
+            .arg(p("gan"))
+            .arg("--samples")
+            .arg(p("digits.h5"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = fail(
+        genlab()
+            .env("GENLAB_DATA_DIR", p("empty"))
+            .args(["eval", "--data", "digits", "--n", "100", "--features", "inception", "--samples"])
+            .arg(p("digits.h5"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("cargo xtask download fid-inception"), "{e}");
+}
+
+#[test]
+fn latent_diffusion_trains_on_a_kl_autoencoder_and_samples_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let common = ["--data", "digits", "--device", "cpu", "--no-progress", "--batch-size", "16"];
+    ok(genlab()
+        .args(["vae", "train", "--model", "kl-f2", "--steps", "2"])
+        .args(common)
+        .arg("--out")
+        .arg(p("ae"))
+        .output()
+        .unwrap());
+    let ldm = |extra: &[&str]| {
+        let mut c = genlab();
+        c.args(["diffusion", "train", "--model", "unet-tiny", "--sample-every", "2"])
+            .args(common)
+            .arg("--out")
+            .arg(p("ldm"))
+            .args(extra);
+        c
+    };
+    let text = ok(ldm(&["--steps", "2", "--latent-autoencoder"]).arg(p("ae")).output().unwrap());
+    assert!(text.contains("[4, 4, 4]") && text.contains("scale"), "{text}");
+    assert!(p("ldm/autoencoder/config.json").is_file());
+    assert!(p("ldm/samples/step-00000002.png").is_file());
+    // The run keeps working without the original autoencoder run.
+    std::fs::rename(p("ae"), p("ae-moved")).unwrap();
+    ok(genlab()
+        .args(["diffusion", "sample", "--n", "4", "--steps", "3", "--run"])
+        .arg(p("ldm"))
+        .arg("--out")
+        .arg(p("s.png"))
+        .output()
+        .unwrap());
+    // Grids of decoded 8x8 greyscale images (4x4 latents would give 14 and 34 pixels): 2 and 8 tiles
+    // a row, 2 pixels apart.
+    let grid = image::open(p("s.png")).unwrap();
+    assert_eq!((grid.width(), grid.height(), grid.color()), (22, 22, image::ColorType::L8));
+    assert_eq!(image::open(p("ldm/samples/step-00000002.png")).unwrap().width(), 82);
+    genlab_png(&p("in.png"), 8, 8);
+    ok(genlab()
+        .args(["diffusion", "img2img", "--steps", "4", "--run"])
+        .arg(p("ldm"))
+        .arg("--input")
+        .arg(p("in.png"))
+        .arg("--out")
+        .arg(p("i.png"))
+        .output()
+        .unwrap());
+    assert_eq!(image::open(p("i.png")).unwrap().width(), 8);
+    // Resume: another autoencoder path is refused; none at all is fine.
+    let e = fail(ldm(&["--steps", "3", "--resume", "--latent-autoencoder"]).arg(p("ae-moved")).output().unwrap());
+    assert!(e.contains("ae-moved") && e.contains("started with the autoencoder"), "{e}");
+    ok(ldm(&["--steps", "3", "--resume"]).output().unwrap());
+    // Not a KL autoencoder run.
+    let e =
+        fail(ldm(&["--steps", "2", "--latent-autoencoder"]).arg(p("ldm")).arg("--out").arg(p("x")).output().unwrap());
+    assert!(e.contains("not a KL autoencoder run"), "{e}");
+}
+
+#[test]
+fn stylegan2_trains_samples_mixes_and_interpolates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("sg2");
+    let mut t = genlab();
+    t.args(["gan", "train", "--model", "stylegan2", "--data", "digits", "--steps", "4", "--batch-size", "8"])
+        .args(["--sample-every", "0", "--no-progress", "--out"])
+        .arg(&run);
+    ok(t.output().unwrap());
+    let p = |name: &str| tmp.path().join(name);
+    ok(genlab()
+        .args(["gan", "sample", "--truncation", "0.7", "--n", "6", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(p("s.h5"))
+        .output()
+        .unwrap());
+    let info = ok(genlab().args(["data", "info"]).arg(p("s.h5")).output().unwrap());
+    assert!(info.contains("count: 6") && info.contains("1 x 8 x 8"), "{info}");
+    ok(genlab()
+        .args(["gan", "style-mix", "--rows", "1,2", "--cols", "3,4,5", "--styles", "fine", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(p("m.png"))
+        .output()
+        .unwrap());
+    // 3 x 4 tiles of 8x8 with 1-pixel padding.
+    let (w, h) = image::image_dimensions(p("m.png")).unwrap();
+    assert_eq!((w, h), (4 * 9 + 1, 3 * 9 + 1));
+    ok(genlab()
+        .args(["gan", "interpolate", "--seeds", "1,2", "--steps", "5", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(p("i.h5"))
+        .output()
+        .unwrap());
+    let info = ok(genlab().args(["data", "info"]).arg(p("i.h5")).output().unwrap());
+    assert!(info.contains("count: 5"), "{info}");
+    let e = fail(
+        genlab()
+            .args(["gan", "sample", "--truncation", "1.5", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(p("x.png"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("outside [0, 1]"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["gan", "style-mix", "--rows", "1", "--cols", "2", "--styles", "9..99", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(p("x.png"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("A < B"), "{e}");
+}

@@ -392,7 +392,8 @@ mod subset_tests {
         assert_eq!(c.get(6).unwrap(), Item { image: vec![7, 7], label: Some(4) });
         assert!(c.get(9).is_err());
 
-        let other_shape: Arc<dyn Dataset> = Arc::new(InMemory::new("y", [1, 2, 2], vec![0; 8], Some(vec![0, 1])).unwrap());
+        let other_shape: Arc<dyn Dataset> =
+            Arc::new(InMemory::new("y", [1, 2, 2], vec![0; 8], Some(vec![0, 1])).unwrap());
         let e = Concat::new(vec![ds.clone(), other_shape]).unwrap_err().to_string();
         assert!(e.contains("image shapes differ"), "{e}");
         let unlabelled: Arc<dyn Dataset> = Arc::new(InMemory::new("z", [1, 1, 2], vec![0; 4], None).unwrap());
