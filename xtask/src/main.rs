@@ -5,8 +5,9 @@
 //! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //! - `demo`: setup, then train each family's small default model on mnist5k and write grids
 //!   and an HTML report per run under `runs/demo`.
-//! - `bench optim|data`: genlab beside PyTorch from Python on the same work.
-//! - `download NAME`: a dataset's original files, verified, where genlab-data finds them.
+//! - `bench optim|data|families|all`: genlab beside PyTorch from Python on the same work.
+//! - `download NAME`: a dataset's original files, verified, where genlab-data finds them;
+//!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors.
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,7 +47,11 @@ fn usage() -> ! {
   demo [--scale X] setup, then train each family's default model on mnist5k (runs/demo)
   bench optim     optimizer step time, genlab beside PyTorch from Python
   bench data      data-loader throughput, genlab beside PyTorch's DataLoader
-  download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab"
+  bench families  each family's default model: train steps/s, samples/s, peak memory beside PyTorch eager
+  bench all       optim, data and families
+  download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab
+  download fid-inception [--from FILE]
+                  pytorch-fid's Inception-v3 weights (or a copy fetched elsewhere), converted for `genlab eval`"
     );
     std::process::exit(2)
 }
@@ -70,6 +75,15 @@ fn real_main() -> Result<()> {
         "bench" => {
             let lt = setup::setup()?;
             bench::run(&lt, &args[1..])?;
+        }
+        "download" if args.get(1).is_some_and(|a| a == "fid-inception") => {
+            let from = match &args[2..] {
+                [] => None,
+                [flag, file] if flag == "--from" => Some(PathBuf::from(file)),
+                _ => usage(),
+            };
+            let path = download::fid_inception(&root(), &download::data_dir()?, from.as_deref())?;
+            eprintln!("download: the FID Inception-v3 weights are ready at {}", path.display());
         }
         "download" => {
             let [_, name] = args.as_slice() else { usage() };
