@@ -2,6 +2,8 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use genlab_gan::cyclegan::train::{CycleGanRunConfig, CycleGanTask, CycleSource};
+use genlab_gan::cyclegan::translate::Direction;
 use genlab_gan::sr::train::{SrRunConfig, SrTask};
 use genlab_gan::stylegan2::generator::NoiseMode;
 use genlab_gan::stylegan2::tools::{self as style_tools, StyleLevel};
@@ -49,6 +51,12 @@ pub enum GanCommand {
         after_help = "Examples:\n  genlab gan augment --run runs/cgan --per-class 500 --out aug.h5\n  genlab gan augment --run runs/cgan --per-class 100 --classes 3,8 --out extra.h5 --seed 1"
     )]
     Augment(AugmentArgs),
+    /// CycleGAN: translate an image (PNG -> PNG) or an HDF5 file of images (-> HDF5) a2b or b2a; with
+    /// --eval, measure the run on two aligned datasets against the do-nothing baseline.
+    #[command(
+        after_help = "Examples:\n  genlab gan translate --run runs/cyclegan --direction a2b emoji.png line-art.png\n  genlab gan translate --run runs/cyclegan --direction b2a drawings.h5 coloured.h5\n  genlab gan translate --run runs/cyclegan --eval --data-a openmoji-color@32 --data-b openmoji-black@32 --n 500"
+    )]
+    Translate(TranslateArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -64,6 +72,46 @@ pub struct GanTrainArgs {
     /// Pixel-only (SRResNet) steps before the adversarial term starts (srgan; default 1000).
     #[arg(long)]
     pub pretrain_steps: Option<u64>,
+    /// CycleGAN: domain B (domain A is --data); never paired with A in training.
+    #[arg(long, help = crate::data_cmd::DATASET_HELP)]
+    pub data_b: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TranslateArgs {
+    /// CycleGAN run directory (its newest checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// a2b (G_A) or b2a (G_B).
+    #[arg(long, default_value = "a2b")]
+    pub direction: String,
+    /// A PNG or JPEG image, or an HDF5 file of images (not with --eval).
+    pub input: Option<PathBuf>,
+    /// A .png for an image input, a .h5 for an HDF5 input.
+    pub output: Option<PathBuf>,
+    /// Measure instead: translate aligned --data-a / --data-b in both directions and compare
+    /// with the true counterparts (mean L1, PSNR, cycle error; and for output = input).
+    #[arg(long)]
+    pub eval: bool,
+    /// --eval: domain A (item i must show the same content as item i of --data-b).
+    #[arg(long)]
+    pub data_a: Option<String>,
+    /// --eval: domain B.
+    #[arg(long)]
+    pub data_b: Option<String>,
+    #[command(flatten)]
+    pub data_options: crate::data_cmd::DataOptions,
+    /// --eval: the first N pairs (default: all).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// --eval: also write the numbers as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: genlab_core::DeviceSpec,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -197,6 +245,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
         GanCommand::Upscale(a) => upscale(a),
         GanCommand::SrEval(a) => sr_eval(a),
         GanCommand::Augment(a) => augment(a),
+        GanCommand::Translate(a) => translate(a),
     }
 }
 
@@ -226,7 +275,26 @@ fn is_stylegan2_train(a: &TrainArgs) -> Result<bool> {
     Ok(genlab_gan::stylegan2::train::is_preset(&a.model))
 }
 
+/// Whether `train` continues or starts a CycleGAN run.
+fn is_cyclegan_train(a: &TrainArgs) -> Result<bool> {
+    let config_path = a.out.join("config.json");
+    if a.resume && config_path.is_file() {
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
+        return Ok(genlab_gan::cyclegan::train::is_cyclegan_config(&value));
+    }
+    Ok(genlab_gan::cyclegan::train::is_preset(&a.model))
+}
+
 fn train(args: GanTrainArgs) -> Result<()> {
+    if is_cyclegan_train(&args.common)? {
+        return train_cyclegan(args);
+    }
+    if args.data_b.is_some() {
+        bail!("--data-b applies to --model cyclegan, not --model {}", args.common.model);
+    }
     if is_sr_train(&args.common)? {
         return train_sr(args);
     }
@@ -303,6 +371,57 @@ fn train_stylegan2(args: GanTrainArgs) -> Result<()> {
         Ok(run)
     })?;
     a.train(run, device, |run, device| Ok(StyleGan2Task::new(run, device)?))
+}
+
+/// `genlab gan train --model cyclegan --data A --data-b B` (`genlab_gan::cyclegan::train`).
+fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
+    if args.scale.is_some() || args.pretrain_steps.is_some() || args.lr_d.is_some() {
+        bail!("--scale, --pretrain-steps and --lr-d do not apply to CycleGAN (one --lr for all four networks)");
+    }
+    let a = &args.common;
+    let device = a.device.resolve()?;
+    let run = a.run_config(|ds_a| {
+        let Some(data_b) = args.data_b.as_deref() else {
+            bail!("--model cyclegan needs domain B: --data-b DATASET (domain A is --data)");
+        };
+        let ds_b = a.data_options.open(data_b, a.seed)?;
+        let shape = genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &a.data, ds_b.as_ref(), data_b)?;
+        let mut run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
+        run.lr = a.lr.unwrap_or(run.lr);
+        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+        run.validate()?;
+        Ok(run)
+    })?;
+    if a.precision != genlab_core::Precision::Fp32 {
+        bail!("CycleGAN trains in fp32 only");
+    }
+    if let Some(b) = args.data_b.as_deref().filter(|b| *b != run.data_b) {
+        bail!("{}: the run's domain B is `{}`; --data-b {b} cannot change when resuming", a.out.display(), run.data_b);
+    }
+    let ds_a = a.data_options.open(&run.data, a.seed)?;
+    let ds_b = a.data_options.open(&run.data_b, a.seed)?;
+    genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &run.data, ds_b.as_ref(), &run.data_b)?;
+    let mut source = CycleSource::new(ds_a, ds_b, run.batch_size, a.seed, device)?;
+    genlab_core::seed::manual_seed(a.seed as i64);
+    let mut task = CycleGanTask::new(run, device)?;
+    let out = genlab_core::train::run(&mut task, &mut source, &a.harness())?;
+    eprintln!(
+        "{:?} at step {}; checkpoint {}",
+        out.status,
+        out.step,
+        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+    );
+    Ok(())
+}
+
+impl crate::RunConfig for CycleGanRunConfig {
+    const WHAT: &'static str = "a CycleGAN run configuration";
+    fn data(&self) -> &str {
+        &self.data
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
 }
 
 impl crate::RunConfig for StyleGan2RunConfig {
@@ -501,5 +620,46 @@ fn augment(a: AugmentArgs) -> Result<()> {
         s.image_shape[2],
         a.out.display()
     );
+    Ok(())
+}
+
+fn translate(a: TranslateArgs) -> Result<()> {
+    let direction: Direction = a.direction.parse()?;
+    let device = a.device.resolve()?;
+    let g = genlab_gan::cyclegan::train::load(&a.run, device)?;
+    if a.eval {
+        if a.input.is_some() || a.output.is_some() {
+            bail!("--eval reads --data-a and --data-b; give no IN/OUT files with it");
+        }
+        let (Some(name_a), Some(name_b)) = (a.data_a.as_deref(), a.data_b.as_deref()) else {
+            bail!("--eval needs --data-a and --data-b: two aligned datasets (item i of each shows the same content)");
+        };
+        let ds_a = a.data_options.open(name_a, 0)?;
+        let ds_b = a.data_options.open(name_b, 0)?;
+        let e =
+            genlab_gan::cyclegan::translate::evaluate(&g, ds_a.as_ref(), name_a, ds_b.as_ref(), name_b, a.n, a.chunk)?;
+        println!("{} pairs of {name_a} | {name_b}, run at step {} (L1 and PSNR on [0, 1] pixels)", e.images, g.step);
+        for (what, s) in [("a2b", &e.a2b), ("b2a", &e.b2a)] {
+            println!(
+                "  {what}  model    L1 {:.4}  PSNR {:6.2} dB  cycle L1 {:.4}\n  {what}  identity L1 {:.4}  PSNR {:6.2} dB  cycle L1 0",
+                s.l1, s.psnr, s.cycle_l1, s.l1_identity, s.psnr_identity
+            );
+        }
+        if let Some(path) = &a.json {
+            let mut v = serde_json::to_value(&e)?;
+            v["run"] = serde_json::json!(a.run.display().to_string());
+            v["step"] = serde_json::json!(g.step);
+            std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
+    let (Some(input), Some(output)) = (a.input.as_deref(), a.output.as_deref()) else {
+        bail!("translate needs IN and OUT (a PNG or an .h5 each), or --eval");
+    };
+    let s = genlab_gan::cyclegan::translate::translate_file(&g, input, output, direction, a.chunk)?;
+    let [c, h, w] = s.image_shape;
+    eprintln!("translated {} image(s) of {c}x{h}x{w} {direction} to {}", s.images, output.display());
     Ok(())
 }

@@ -84,7 +84,8 @@ pub struct TrainArgs {
     /// Model preset.
     #[arg(long)]
     pub model: String,
-    #[arg(long, default_value = "mnist5k", help = data_cmd::DATASET_HELP)]
+    // `--data-a` names domain A of a CycleGAN.
+    #[arg(long, visible_alias = "data-a", default_value = "mnist5k", help = data_cmd::DATASET_HELP)]
     pub data: String,
     #[command(flatten)]
     pub data_options: data_cmd::DataOptions,

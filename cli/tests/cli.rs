@@ -684,3 +684,33 @@ fn stylegan2_trains_samples_mixes_and_interpolates() {
     );
     assert!(e.contains("A < B"), "{e}");
 }
+
+#[test]
+fn gan_cyclegan_train_and_translate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s);
+    let e = fail(
+        genlab()
+            .args(["gan", "train", "--model", "cyclegan", "--data", "digits", "--steps", "1", "--out"])
+            .arg(p("no-b"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--data-b"), "{e}");
+    let run = p("cg");
+    ok(genlab()
+        .args(["gan", "train", "--model", "cyclegan", "--data", "openmoji-color@16", "--data-b", "openmoji-black@16"])
+        .args(["--steps", "2", "--batch-size", "2", "--no-progress", "--device", "cpu", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap());
+    let e = fail(genlab().args(["gan", "translate", "--direction", "up", "--run"]).arg(&run).output().unwrap());
+    assert!(e.contains("a2b or b2a"), "{e}");
+    let out = ok(genlab()
+        .args(["gan", "translate", "--eval", "--data-a", "openmoji-color@16", "--data-b", "openmoji-color@16"])
+        .args(["--n", "8", "--device", "cpu", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap());
+    assert!(out.contains("a2b  identity L1 0.0000"), "{out}");
+}

@@ -12,13 +12,14 @@ pub enum DiffusionError {
     #[error("invalid number of inference steps {steps}: expected 1..={num_train_timesteps} (num_train_timesteps)")]
     InferenceSteps { steps: usize, num_train_timesteps: usize },
     #[error(
-        "{scheduler}: {steps} inference steps give the timesteps {timesteps:?}, \
-         which are not strictly decreasing inside 0..{num_train_timesteps}{hint}"
+        "{scheduler}: {steps} inference steps give timesteps that are not strictly decreasing inside \
+         0..{num_train_timesteps} ({problem}){hint}"
     )]
     DegenerateTimesteps {
         scheduler: &'static str,
         steps: usize,
-        timesteps: Vec<f64>,
+        /// Where the timesteps break down, e.g. "500 follows 500 at position 501".
+        problem: String,
         num_train_timesteps: usize,
         hint: &'static str,
     },

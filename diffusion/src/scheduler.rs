@@ -221,19 +221,15 @@ fn trailing(t: usize, n: usize) -> Vec<f64> {
 /// Timesteps must strictly decrease inside the training range, or steps would repeat or index
 /// past the schedule.
 fn check_timesteps(name: &'static str, timesteps: &[f64], steps: usize, t: usize, hint: &'static str) -> Result<()> {
-    let decreasing = timesteps.windows(2).all(|w| w[1] < w[0]);
-    let in_range = timesteps.iter().all(|&x| x >= 0.0 && x <= (t - 1) as f64);
-    if decreasing && in_range {
-        Ok(())
-    } else {
-        Err(DiffusionError::DegenerateTimesteps {
-            scheduler: name,
-            steps,
-            timesteps: timesteps.to_vec(),
-            num_train_timesteps: t,
-            hint,
-        })
-    }
+    // Name the first fault only: a list of a thousand timesteps would bury it.
+    let out_of_range = timesteps.iter().position(|&x| !(x >= 0.0 && x <= (t - 1) as f64));
+    let not_decreasing = timesteps.windows(2).position(|w| w[1] >= w[0]);
+    let problem = match (out_of_range, not_decreasing) {
+        (Some(i), _) => format!("{} at position {i} is outside the range", timesteps[i]),
+        (None, Some(i)) => format!("{} follows {} at position {}", timesteps[i + 1], timesteps[i], i + 1),
+        (None, None) => return Ok(()),
+    };
+    Err(DiffusionError::DegenerateTimesteps { scheduler: name, steps, problem, num_train_timesteps: t, hint })
 }
 
 /// diffusers' `index_for_timestep`: the position of `t` in `timesteps`, the second one if `t`

@@ -8,7 +8,9 @@
 //! - [`sample`]: sampling from a trained generator.
 //! - [`augment`]: labelled synthetic data from a class-conditional generator.
 //! - [`sr`]: single-image super-resolution (SRResNet, SRGAN), PSNR and SSIM.
+//! - [`cyclegan`]: unpaired image-to-image translation (CycleGAN).
 pub mod augment;
+pub mod cyclegan;
 pub mod error;
 pub mod loss;
 pub mod metrics;

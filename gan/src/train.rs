@@ -547,6 +547,13 @@ pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Generat
             ck.dir.display()
         )));
     }
+    if crate::cyclegan::train::is_cyclegan_config(&ck.config) {
+        return Err(GanError::Config(format!(
+            "{}: this is a CycleGAN run, which translates images between two domains rather than drawing new \
+             ones; use `genlab gan translate` with it",
+            ck.dir.display()
+        )));
+    }
     let run: GanRunConfig = serde_json::from_value(ck.config.clone())
         .map_err(|e| GanError::Config(format!("{}: config.json is not a GAN configuration: {e}", ck.dir.display())))?;
     let vs = VarStore::new(device);

@@ -12,20 +12,14 @@
 //! random generator is global, so two trainings in parallel threads would not be reproducible.
 mod common;
 
-use common::{all_images, classifier, fd, predict, train};
-use genlab_gan::metrics::frechet_distance;
+use common::{all_images, classifier, coverage, fd, predict, train};
+use genlab_eval::frechet_distance;
 use genlab_gan::sample::sample;
 use genlab_gan::train::load;
-use tch::nn::{self, Module};
+use tch::nn::Module;
 use tch::{Device, Kind, Tensor};
 
 /// Classes predicted for at least 1% of `x`, out of 10.
-fn coverage(lin: &nn::Linear, x: &Tensor) -> f64 {
-    let counts = predict(lin, x).bincount::<Tensor>(None, 10);
-    let min = (x.size()[0] as f64 * 0.01).ceil() as i64;
-    (0..10).filter(|&c| counts.int64_value(&[c]) >= min).count() as f64 / 10.0
-}
-
 #[test]
 fn dcgan_learns_digits() {
     common::single_thread();

@@ -17,48 +17,17 @@
 //!   (accuracy at threshold 0 above 0.75), which the random one does not (about 0.5): it
 //!   learned what real digits look like. (It is the least stable of the measures: GAN training
 //!   oscillates, and the same run taken to 500 steps gives 0.80.)
-use genlab_core::optim::{Adam, AdamConfig};
+mod common;
+
+use common::{all_images, classifier, coverage, fd, predict, single_thread};
 use genlab_core::train::{run, HarnessConfig};
-use genlab_data::{Dataset, Loader, LoaderConfig};
-use genlab_gan::metrics::frechet_distance;
+use genlab_data::{Loader, LoaderConfig};
+use genlab_eval::frechet_distance;
 use genlab_gan::stylegan2::tools::sample;
 use genlab_gan::stylegan2::train::{StyleGan2RunConfig, StyleGan2Task};
 use genlab_gan::stylegan2::NoiseMode;
-use tch::nn::{self, Module};
+use tch::nn::Module;
 use tch::{Device, Kind, Tensor};
-
-fn all_images(ds: &dyn Dataset) -> (Tensor, Tensor) {
-    let [c, h, w] = ds.shape();
-    let items: Vec<_> = (0..ds.len()).map(|i| ds.get(i).unwrap()).collect();
-    let px: Vec<u8> = items.iter().flat_map(|it| it.image.clone()).collect();
-    let labels: Vec<i64> = items.iter().map(|it| it.label.unwrap()).collect();
-    let x = Tensor::from_slice(&px).view([ds.len() as i64, c as i64, h as i64, w as i64]).to_kind(Kind::Float) / 127.5
-        - 1.0;
-    (x, Tensor::from_slice(&labels))
-}
-
-fn classifier(x: &Tensor, y: &Tensor) -> (nn::VarStore, nn::Linear) {
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let lin = nn::linear(vs.root(), 64, 10, Default::default());
-    let mut opt = Adam::new(&vs, AdamConfig::adam(0.05)).unwrap();
-    let flat = x.flatten(1, -1);
-    for _ in 0..300 {
-        opt.backward_step(&lin.forward(&flat).cross_entropy_for_logits(y));
-    }
-    (vs, lin)
-}
-
-fn fd(a: &Tensor, b: &Tensor) -> f64 {
-    frechet_distance(&a.flatten(1, -1), &b.flatten(1, -1)).unwrap()
-}
-
-fn coverage(lin: &nn::Linear, x: &Tensor) -> f64 {
-    let pred = tch::no_grad(|| lin.forward(&x.flatten(1, -1)).argmax(-1, false));
-    let counts = pred.bincount::<Tensor>(None, 10);
-    let min = (x.size()[0] as f64 * 0.01).ceil() as i64;
-    (0..10).filter(|&c| counts.int64_value(&[c]) >= min).count() as f64 / 10.0
-}
 
 /// Accuracy of `d` at threshold 0 on `real` (positive) against `fake` (negative).
 fn separation(task: &StyleGan2Task, real: &Tensor, fake: &Tensor) -> f64 {
@@ -70,15 +39,11 @@ fn separation(task: &StyleGan2Task, real: &Tensor, fake: &Tensor) -> f64 {
 
 #[test]
 fn stylegan2_learns_digits() {
-    tch::set_num_threads(1);
+    single_thread();
     let ds = genlab_data::open("digits").unwrap();
     let (x, y) = all_images(ds.as_ref());
     let (_cvs, clf) = classifier(&x, &y);
-    let acc = tch::no_grad(|| clf.forward(&x.flatten(1, -1)).argmax(-1, false))
-        .eq_tensor(&y)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float)
-        .double_value(&[]);
+    let acc = predict(&clf, &x).eq_tensor(&y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     assert!(acc > 0.95, "the classifier reaches {acc:.3} on real digits");
 
     let mut cfg = StyleGan2RunConfig::from_preset("stylegan2", [1, 8, 8], "digits").unwrap();

@@ -3,7 +3,7 @@
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::train::{run, HarnessConfig};
 use genlab_data::{Dataset, Loader, LoaderConfig};
-use genlab_gan::metrics::frechet_distance;
+use genlab_eval::frechet_distance;
 use genlab_gan::train::{GanRunConfig, GanTask};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -42,10 +42,21 @@ pub fn predict(lin: &nn::Linear, x: &Tensor) -> Tensor {
     tch::no_grad(|| lin.forward(&x.flatten(1, -1)).argmax(-1, false))
 }
 
+/// Share of the 10 classes that the classifier gives to at least 1% of `x` (mode collapse
+/// shows as missing classes).
+// Each test crate that includes this module uses some of its helpers.
+#[allow(dead_code)]
+pub fn coverage(lin: &nn::Linear, x: &Tensor) -> f64 {
+    let counts = predict(lin, x).bincount::<Tensor>(None, 10);
+    let min = (x.size()[0] as f64 * 0.01).ceil() as i64;
+    (0..10).filter(|&c| counts.int64_value(&[c]) >= min).count() as f64 / 10.0
+}
+
 pub fn fd(a: &Tensor, b: &Tensor) -> f64 {
     frechet_distance(&a.flatten(1, -1), &b.flatten(1, -1)).unwrap()
 }
 
+#[allow(dead_code)]
 pub fn train(model: &str, steps: u64, out: &std::path::Path) -> GanRunConfig {
     let ds = genlab_data::open("digits").unwrap();
     let mut cfg = GanRunConfig::from_preset(model, [1, 8, 8], ds.num_classes(), "digits").unwrap();
