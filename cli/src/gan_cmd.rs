@@ -2,11 +2,13 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use genlab_gan::cyclegan::train as cyclegan;
 use genlab_gan::cyclegan::train::{CycleGanRunConfig, CycleGanTask, CycleSource};
 use genlab_gan::cyclegan::translate::Direction;
-use genlab_gan::sr::train::{SrRunConfig, SrTask};
+use genlab_gan::sr::train::{self as sr, SrRunConfig, SrTask};
 use genlab_gan::stylegan2::generator::NoiseMode;
 use genlab_gan::stylegan2::tools::{self as style_tools, StyleLevel};
+use genlab_gan::stylegan2::train as stylegan2;
 use genlab_gan::stylegan2::train::{StyleGan2RunConfig, StyleGan2Task};
 use genlab_gan::train::{GanRunConfig, GanTask};
 use std::path::PathBuf;
@@ -249,56 +251,31 @@ pub fn run(cmd: GanCommand) -> Result<()> {
     }
 }
 
-/// Whether this `train` is a super-resolution run: the run's own config when resuming, else the preset.
-fn is_sr_train(a: &TrainArgs) -> Result<bool> {
+/// Which kind of GAN run `train` continues or starts: on --resume the run's own config.json
+/// decides, else the preset name. `is_config` and `is_preset` are one kind's tests.
+fn is_kind(a: &TrainArgs, is_config: fn(&serde_json::Value) -> bool, is_preset: fn(&str) -> bool) -> Result<bool> {
     let config_path = a.out.join("config.json");
     if a.resume && config_path.is_file() {
         let text =
             std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
-        return Ok(genlab_gan::sr::train::is_sr_config(&value));
+        return Ok(is_config(&value));
     }
-    Ok(genlab_gan::sr::train::is_preset(&a.model))
-}
-
-/// Whether `train` continues or starts a StyleGAN2 run.
-fn is_stylegan2_train(a: &TrainArgs) -> Result<bool> {
-    let config_path = a.out.join("config.json");
-    if a.resume && config_path.is_file() {
-        let text =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
-        return Ok(genlab_gan::stylegan2::train::is_stylegan2_config(&value));
-    }
-    Ok(genlab_gan::stylegan2::train::is_preset(&a.model))
-}
-
-/// Whether `train` continues or starts a CycleGAN run.
-fn is_cyclegan_train(a: &TrainArgs) -> Result<bool> {
-    let config_path = a.out.join("config.json");
-    if a.resume && config_path.is_file() {
-        let text =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
-        return Ok(genlab_gan::cyclegan::train::is_cyclegan_config(&value));
-    }
-    Ok(genlab_gan::cyclegan::train::is_preset(&a.model))
+    Ok(is_preset(&a.model))
 }
 
 fn train(args: GanTrainArgs) -> Result<()> {
-    if is_cyclegan_train(&args.common)? {
+    if is_kind(&args.common, cyclegan::is_cyclegan_config, cyclegan::is_preset)? {
         return train_cyclegan(args);
     }
     if args.data_b.is_some() {
         bail!("--data-b applies to --model cyclegan, not --model {}", args.common.model);
     }
-    if is_sr_train(&args.common)? {
+    if is_kind(&args.common, sr::is_sr_config, sr::is_preset)? {
         return train_sr(args);
     }
-    if is_stylegan2_train(&args.common)? {
+    if is_kind(&args.common, stylegan2::is_stylegan2_config, stylegan2::is_preset)? {
         return train_stylegan2(args);
     }
     if args.scale.is_some() || args.pretrain_steps.is_some() {
