@@ -251,15 +251,7 @@ fn train(f: TrainFlags) -> Result<()> {
     a.train(run, device, |run, device| Ok(DiffusionTask::for_run(run, &out, device)?))
 }
 
-impl crate::RunConfig for DiffusionRunConfig {
-    const WHAT: &'static str = "a diffusion run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(DiffusionRunConfig, "a diffusion run configuration");
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {
     let a = &f.common;

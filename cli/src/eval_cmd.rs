@@ -101,15 +101,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     }
 }
 
-impl crate::RunConfig for ClassifierRunConfig {
-    const WHAT: &'static str = "a classifier run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(ClassifierRunConfig, "a classifier run configuration");
 
 fn train_classifier(a: ClassifierArgs) -> Result<()> {
     let c = &a.common;

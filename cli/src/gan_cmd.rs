@@ -391,45 +391,13 @@ fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
     Ok(())
 }
 
-impl crate::RunConfig for CycleGanRunConfig {
-    const WHAT: &'static str = "a CycleGAN run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(CycleGanRunConfig, "a CycleGAN run configuration");
 
-impl crate::RunConfig for StyleGan2RunConfig {
-    const WHAT: &'static str = "a StyleGAN2 run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(StyleGan2RunConfig, "a StyleGAN2 run configuration");
 
-impl crate::RunConfig for GanRunConfig {
-    const WHAT: &'static str = "a GAN run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(GanRunConfig, "a GAN run configuration");
 
-impl crate::RunConfig for SrRunConfig {
-    const WHAT: &'static str = "a super-resolution run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(SrRunConfig, "a super-resolution run configuration");
 
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;

@@ -2,6 +2,22 @@
 //!
 //! Argument parsing and wiring only; every command calls a library function of a
 //! family crate.
+/// `impl RunConfig` for a family's run configuration, whose `data` and `batch_size` fields
+/// are what the shared training flow reads.
+macro_rules! run_config {
+    ($ty:ty, $what:literal) => {
+        impl crate::RunConfig for $ty {
+            const WHAT: &'static str = $what;
+            fn data(&self) -> &str {
+                &self.data
+            }
+            fn batch_size(&self) -> usize {
+                self.batch_size
+            }
+        }
+    };
+}
+
 mod config_file;
 mod data_cmd;
 mod diffusion_cmd;

@@ -165,25 +165,9 @@ fn train_kl(a: TrainArgs) -> Result<()> {
     a.train(run, device, |run: KlRunConfig, device| Ok(KlAutoencoderTask::new(run, device)?))
 }
 
-impl crate::RunConfig for VaeRunConfig {
-    const WHAT: &'static str = "a VAE run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(VaeRunConfig, "a VAE run configuration");
 
-impl crate::RunConfig for genlab_vae::train_kl::KlRunConfig {
-    const WHAT: &'static str = "a KL autoencoder run configuration";
-    fn data(&self) -> &str {
-        &self.data
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-}
+run_config!(genlab_vae::train_kl::KlRunConfig, "a KL autoencoder run configuration");
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
     if a.n <= 0 {
