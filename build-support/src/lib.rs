@@ -41,6 +41,28 @@ pub fn link_libtorch() {
 /// Compile C++ sources against libtorch's headers (for the few libtorch entry points
 /// tch does not bind, such as autocast's dtype and device selection).
 pub fn compile_cpp(name: &str, files: &[&str]) {
+    compile_cpp_with(name, files, &CppOptions::default());
+}
+
+/// Language standard, defines and include directories beyond libtorch's own.
+#[derive(Debug, Clone)]
+pub struct CppOptions {
+    /// `c++17`, `c++20`, ...
+    pub std: &'static str,
+    /// `NAME` or `NAME=VALUE`, passed as `-D`.
+    pub defines: Vec<String>,
+    pub includes: Vec<PathBuf>,
+}
+
+impl Default for CppOptions {
+    fn default() -> Self {
+        CppOptions { std: "c++17", defines: Vec::new(), includes: Vec::new() }
+    }
+}
+
+/// [`compile_cpp`] with a chosen standard, extra defines and include directories
+/// (the c10d shim needs C++20, `USE_C10D_GLOO` and Gloo's headers).
+pub fn compile_cpp_with(name: &str, files: &[&str], opts: &CppOptions) {
     let Some(lib) = libtorch_lib_dir() else {
         panic!("torch-sys exported no libtorch lib dir (DEP_TCH_LIBTORCH_LIB); cannot build {name}");
     };
@@ -52,9 +74,15 @@ pub fn compile_cpp(name: &str, files: &[&str]) {
         .warnings(false)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
-        .flag("-std=c++17")
+        .flag(format!("-std={}", opts.std))
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT");
+    for d in &opts.defines {
+        build.flag(format!("-D{d}"));
+    }
+    for i in &opts.includes {
+        build.include(i);
+    }
     for f in files {
         println!("cargo:rerun-if-changed={f}");
         build.file(f);

@@ -28,6 +28,8 @@ pub enum CoreError {
     Torch(#[from] tch::TchError),
     #[error("hdf5 {path}: {message}")]
     Hdf5 { path: PathBuf, message: String },
+    #[error("distributed run, rank {rank} of {world}: {what} failed: {message}")]
+    Dist { rank: usize, world: usize, what: String, message: String },
     #[error("{0}")]
     Other(String),
 }

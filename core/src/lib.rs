@@ -8,11 +8,13 @@
 //! - [`ema`]: exponential moving averages of weights.
 //! - [`optim`]: Adam/AdamW over one flat parameter buffer.
 //! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
+//! - [`dist`]: multi-process data-parallel training on PyTorch's c10d (Gloo, NCCL).
 //! - [`train`]: the training harness (progress, metrics, checkpoints, resume, Ctrl-C, NaN stops).
 //! - [`tensorboard`]: TensorBoard event files (scalars and images) the harness writes.
 //! - [`report`]: a run directory as one self-contained HTML page, and a table of runs.
 pub mod checkpoint;
 pub mod device;
+pub mod dist;
 pub mod ema;
 pub mod error;
 pub mod images;

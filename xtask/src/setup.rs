@@ -9,6 +9,8 @@ pub const TORCH_VERSION: &str = "2.13.0";
 const APT: &[(&str, &str)] = &[
     ("pkg-config", "/usr/bin/pkg-config"),
     ("libhdf5-dev", "/usr/include/hdf5/serial/hdf5.h"),
+    // Gloo's headers for the c10d shim (torch's wheel ships Gloo's code, not its headers).
+    ("libgloo-dev", "/usr/include/gloo/algorithm.h"),
     ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
     ("python3-venv", "/usr/lib/python3/dist-packages/venv"),
     // Headless browser for the `genlab report` page tests.
