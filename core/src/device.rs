@@ -99,9 +99,26 @@ fn libtorch_cuda_loaded() -> bool {
 }
 
 impl DeviceSpec {
-    /// Resolve against this process.
+    /// Resolve against this process. In a distributed run (see [`crate::dist`]) `auto`
+    /// and `cuda` mean this rank's GPU, `cuda:LOCAL_RANK`.
     pub fn resolve(self) -> Result<Device> {
-        self.resolve_with(&Availability::probe())
+        let avail = Availability::probe();
+        match crate::dist::group() {
+            Some(g) => self.resolve_for_local_rank(g.local_rank(), &avail),
+            None => self.resolve_with(&avail),
+        }
+    }
+
+    /// [`DeviceSpec::resolve_with`] for the process of local rank `local_rank` of a
+    /// distributed run: one GPU per process, as torchrun expects. An explicit `cuda:N`
+    /// with N > 0 is kept.
+    pub fn resolve_for_local_rank(self, local_rank: usize, avail: &Availability) -> Result<Device> {
+        match self {
+            DeviceSpec::Auto | DeviceSpec::Cuda(0) if avail.cuda_devices > 0 => {
+                DeviceSpec::Cuda(local_rank).resolve_with(avail)
+            }
+            _ => self.resolve_with(avail),
+        }
     }
 
     /// Resolve against a given availability (testable without a GPU).
@@ -204,6 +221,11 @@ mod tests {
         assert_eq!(DeviceSpec::Auto.resolve_with(&two).unwrap(), Device::Cuda(0));
         assert_eq!(DeviceSpec::Auto.resolve_with(&no_gpu).unwrap(), Device::Cpu);
         assert!(DeviceSpec::Mps.resolve_with(&no_gpu).is_err());
+        assert_eq!(DeviceSpec::Auto.resolve_for_local_rank(1, &two).unwrap(), Device::Cuda(1));
+        assert_eq!(DeviceSpec::Cuda(0).resolve_for_local_rank(1, &two).unwrap(), Device::Cuda(1));
+        assert_eq!(DeviceSpec::Cpu.resolve_for_local_rank(1, &two).unwrap(), Device::Cpu);
+        assert_eq!(DeviceSpec::Auto.resolve_for_local_rank(1, &no_gpu).unwrap(), Device::Cpu);
+        assert!(DeviceSpec::Auto.resolve_for_local_rank(2, &two).is_err());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! gradient in place). A step is then a handful of large ops whatever the number of
 //! tensors, as in PyTorch's `_multi_tensor_adam`, but without a list per op.
 //! The update follows `torch.optim.Adam` / `AdamW` (non-amsgrad) exactly.
+//!
+//! In a distributed run (see [`crate::dist`]) the flat gradient buffer is averaged over the
+//! ranks before each update, which is what makes every trainer built on `Adam` data-parallel.
 use crate::error::{CoreError, Result};
 use crate::precision::GradScaler;
 use serde::{Deserialize, Serialize};
@@ -198,9 +201,26 @@ impl Adam {
         }
     }
 
-    /// One Adam update from the accumulated gradients.
+    /// Average the flat gradient buffer over the ranks of the default process group
+    /// (a no-op in a single process). A failed collective is recorded in the group, which
+    /// the harness reports after the step; the update is then skipped.
+    fn sync_grads(&mut self) -> bool {
+        match crate::dist::group() {
+            Some(g) => g.all_reduce_mean(&self.grads).is_ok(),
+            None => true,
+        }
+    }
+
+    /// One Adam update from the accumulated gradients (averaged over the ranks in a
+    /// distributed run, see [`crate::dist`]).
     pub fn step(&mut self) {
         self.gather_detached_grads();
+        if self.sync_grads() {
+            self.update();
+        }
+    }
+
+    fn update(&mut self) {
         let c = self.cfg;
         self.step += 1;
         let t = self.step as i32;
@@ -245,10 +265,15 @@ impl Adam {
         self.zero_grad();
         scaler.scale_loss(loss).backward();
         self.gather_detached_grads();
+        // Average before the inf check: an overflow on any rank reaches every rank, so all
+        // skip the step and back the scale off together.
+        if !self.sync_grads() {
+            return false;
+        }
         let finite = scaler.unscale(std::slice::from_mut(&mut self.grads));
         let take = scaler.update(finite);
         if take {
-            self.step();
+            self.update();
         }
         take
     }

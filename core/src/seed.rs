@@ -75,6 +75,16 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     (Rng::derive(seed, &[step]).next_u64() >> 1) as i64
 }
 
+/// The libtorch seed of rank `rank` for step `step`: rank 0 (and a single process) uses
+/// [`step_seed`], so a one-process run is unchanged; other ranks draw their own noise.
+pub fn rank_step_seed(seed: u64, step: u64, rank: usize) -> i64 {
+    if rank == 0 {
+        step_seed(seed, step)
+    } else {
+        (Rng::derive(seed, &[step, rank as u64]).next_u64() >> 1) as i64
+    }
+}
+
 /// Seed libtorch's generators (CPU and, where present, CUDA).
 pub fn manual_seed(seed: i64) {
     tch::manual_seed(seed);
@@ -107,6 +117,9 @@ mod tests {
         assert_ne!(Rng::derive(7, &[1]).next_u64(), Rng::derive(7, &[2]).next_u64());
         assert_ne!(Rng::derive(7, &[1, 0]).next_u64(), Rng::derive(7, &[0, 1]).next_u64());
         assert_ne!(step_seed(1, 5), step_seed(1, 6));
+        assert_eq!(rank_step_seed(1, 5, 0), step_seed(1, 5));
+        assert_ne!(rank_step_seed(1, 5, 1), rank_step_seed(1, 5, 0));
+        assert_ne!(rank_step_seed(1, 5, 1), rank_step_seed(1, 5, 2));
         let mut r = Rng::new(3);
         let mean = (0..10_000).map(|_| r.next_f64()).sum::<f64>() / 10_000.0;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");

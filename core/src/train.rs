@@ -12,6 +12,9 @@
 //! [`crate::seed::step_seed`]`(seed, s)` and the data source is positioned at `s`, so a
 //! resumed run replays the randomness of an uninterrupted one. On the CPU the final
 //! weights are bit-identical.
+//!
+//! Data-parallel runs (several processes, see [`crate::dist`]) go through the same
+//! [`run`]; its docs say what changes.
 use crate::checkpoint::{self, CheckpointData, CheckpointReader};
 use crate::error::{CoreError, Result};
 use crate::images;
@@ -113,6 +116,10 @@ impl StopToken {
     }
     pub fn request(&self) {
         self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked for (without consuming the request).
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
     fn take(&self) -> bool {
         self.0.swap(false, Ordering::SeqCst)
@@ -257,12 +264,15 @@ fn remove_event_files(dir: &Path) {
     }
 }
 
-/// Train `task` on `data` as `cfg` says. See the module docs.
-pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessConfig) -> Result<Outcome> {
-    let run = RunDir::new(&cfg.out);
+/// What rank 0 found in the run directory before the first step.
+struct Prepared {
+    start: u64,
+    last_ckpt: Option<PathBuf>,
+}
+
+/// Create the run directory, or check and restore the checkpoint a resume starts from.
+fn prepare(task: &mut dyn TrainTask, run: &RunDir, cfg: &HarnessConfig) -> Result<Prepared> {
     std::fs::create_dir_all(&run.root).map_err(|e| CoreError::io(&run.root, e))?;
-    let mut start = 0u64;
-    let mut last_ckpt = None;
     let existing = checkpoint::latest_checkpoint(&run.checkpoints());
     if cfg.resume {
         let Some(dir) = existing else {
@@ -280,35 +290,176 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
                 cfg.seed
             )));
         }
-        start = ck.step();
+        let start = ck.step();
         truncate_metrics(&run.metrics(), start)?;
-        last_ckpt = Some(dir);
+        Ok(Prepared { start, last_ckpt: Some(dir) })
     } else if let Some(dir) = existing {
-        return Err(CoreError::Config(format!(
+        Err(CoreError::Config(format!(
             "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
             run.root.display(),
             dir.display()
-        )));
+        )))
     } else {
         let _ = std::fs::remove_file(run.metrics());
         remove_event_files(&run.tensorboard());
+        Ok(Prepared { start: 0, last_ckpt: None })
     }
+}
+
+/// Distributed start: rank 0 has prepared (and maybe restored); tell the others the
+/// outcome and the start step, let them restore the same checkpoint, then broadcast
+/// every tensor of the task from rank 0 so that all ranks start identical.
+fn join_start(
+    task: &mut dyn TrainTask,
+    run: &RunDir,
+    g: &crate::dist::ProcessGroup,
+    prepared: Result<Prepared>,
+) -> Result<Prepared> {
+    let mut head = Tensor::from_slice(&[
+        i64::from(prepared.is_ok()),
+        prepared.as_ref().map(|p| p.start as i64).unwrap_or_default(),
+    ]);
+    g.broadcast(&mut head, 0)?;
+    let prepared = prepared?;
+    if head.int64_value(&[0]) != 1 {
+        return Err(CoreError::Dist {
+            rank: g.rank(),
+            world: g.world_size(),
+            what: "starting the run".into(),
+            message: "rank 0 could not prepare the run directory (its error says why)".into(),
+        });
+    }
+    let start = head.int64_value(&[1]).max(0) as u64;
+    if g.rank() != 0 && start > 0 {
+        let dir = run.checkpoints().join(checkpoint::step_dir_name(start));
+        let restored = CheckpointReader::open(&dir).and_then(|ck| {
+            task.restore(&ck)?;
+            task.restore_extra_state(ck.state.get("extra").unwrap_or(&serde_json::Value::Null))
+        });
+        restored.map_err(|e| CoreError::Dist {
+            rank: g.rank(),
+            world: g.world_size(),
+            what: format!("restoring {}, the checkpoint rank 0 resumes from", dir.display()),
+            message: format!(
+                "{e} (resuming a distributed run needs the run directory on a filesystem every rank sees)"
+            ),
+        })?;
+    }
+    for (_, tensors) in sorted_groups(task) {
+        for (_, mut t) in tensors {
+            g.broadcast(&mut t, 0)?;
+        }
+    }
+    Ok(Prepared { start, last_ckpt: prepared.last_ckpt })
+}
+
+/// The task's tensors in the same order on every rank (groups often come from a
+/// `VarStore`'s hash map, whose order differs between processes).
+fn sorted_groups(task: &dyn TrainTask) -> BTreeMap<String, Vec<(String, Tensor)>> {
+    let mut groups = task.checkpoint_groups();
+    for tensors in groups.values_mut() {
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    groups
+}
+
+/// Fail unless every rank holds the same trainable parameters, bit for bit (gradients
+/// are averaged identically everywhere, so any difference is a bug or a rank that
+/// trained differently). Compares per-tensor checksums with rank 0's.
+fn check_in_sync(task: &dyn TrainTask, g: &crate::dist::ProcessGroup, step: u64) -> Result<()> {
+    let mut names = Vec::new();
+    let mut sums = Vec::new();
+    for (group, tensors) in sorted_groups(task) {
+        for (name, t) in tensors.iter().filter(|(_, t)| t.requires_grad()) {
+            let t = t.detach().to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+            let w = Tensor::arange(t.numel() as i64, (tch::Kind::Double, tch::Device::Cpu)).remainder(7.0) + 1.0;
+            sums.push(t.sum(tch::Kind::Double).double_value(&[]));
+            sums.push((t.view([-1]) * w).sum(tch::Kind::Double).double_value(&[]));
+            names.push(format!("{group}/{name}"));
+        }
+    }
+    let mine = Tensor::from_slice(&sums);
+    let mut theirs = mine.copy();
+    g.broadcast(&mut theirs, 0)?;
+    let local: Vec<f64> = Vec::<f64>::try_from(&theirs).map_err(CoreError::Torch)?;
+    let differ: Vec<&str> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            local[2 * i].to_bits() != sums[2 * i].to_bits() || local[2 * i + 1].to_bits() != sums[2 * i + 1].to_bits()
+        })
+        .map(|(_, n)| n.as_str())
+        .collect();
+    let mut flag = Tensor::from_slice(&[differ.len() as i64]);
+    g.all_reduce(&mut flag, crate::dist::ReduceOp::Max)?;
+    if flag.int64_value(&[0]) > 0 {
+        let detail = if differ.is_empty() {
+            "another rank's parameters differ from rank 0's".to_string()
+        } else {
+            format!("{} tensor(s) differ from rank 0's, first `{}`", differ.len(), differ[0])
+        };
+        return Err(CoreError::Dist {
+            rank: g.rank(),
+            world: g.world_size(),
+            what: format!("checking that the ranks hold the same parameters at step {step}"),
+            message: detail,
+        });
+    }
+    Ok(())
+}
+
+/// Train `task` on `data` as `cfg` says. See the module docs.
+///
+/// In a distributed run (a default [`crate::dist`] group), every rank calls `run` with its
+/// shard of the data: rank 0 alone writes the run directory (config, checkpoints, metrics,
+/// TensorBoard, samples, status, the progress bar); all ranks start from rank 0's state,
+/// take the same steps, agree on stops (Ctrl-C on any rank, a non-finite loss on any
+/// rank), log the loss averaged over ranks, and check at every checkpoint and at the end
+/// that they still hold identical parameters.
+pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessConfig) -> Result<Outcome> {
+    let dist = crate::dist::group();
+    let rank = dist.as_ref().map_or(0, |g| g.rank());
+    let world = dist.as_ref().map_or(1, |g| g.world_size());
+    let leader = rank == 0;
+    let run = RunDir::new(&cfg.out);
+    let prepared = if leader { prepare(task, &run, cfg) } else { Ok(Prepared { start: 0, last_ckpt: None }) };
+    let Prepared { start, mut last_ckpt } = match &dist {
+        Some(g) => join_start(task, &run, g, prepared)?,
+        None => prepared?,
+    };
     let config = task.config();
-    checkpoint::write_atomic(&run.config_file(), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
-    run.write_status(Status::Running, start, cfg.steps, None)?;
+    if leader {
+        checkpoint::write_atomic(
+            &run.config_file(),
+            serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes(),
+        )?;
+        run.write_status(Status::Running, start, cfg.steps, None)?;
+    }
     install_stop_handler();
     let _ = cfg.stop.take();
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())
-        .map_err(|e| CoreError::io(run.metrics(), e))?;
+    let mut metrics = if leader {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.metrics())
+                .map_err(|e| CoreError::io(run.metrics(), e))?,
+        )
+    } else {
+        None
+    };
     // A resume writes a new event file; its start marker makes TensorBoard drop what the
     // earlier files hold past the checkpoint, as the metrics file was truncated above.
-    let mut tb = EventWriter::create(&run.tensorboard())?;
-    tb.session_start(start + 1)?;
-    let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps) } else { indicatif::ProgressBar::hidden() };
+    let mut tb = if leader {
+        let mut tb = EventWriter::create(&run.tensorboard())?;
+        tb.session_start(start + 1)?;
+        Some(tb)
+    } else {
+        None
+    };
+    let bar =
+        if cfg.progress && leader { indicatif::ProgressBar::new(cfg.steps) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -352,9 +503,26 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
     let mut last_loss = None;
     let mut step = start;
     while step < cfg.steps {
-        seed::manual_seed(seed::step_seed(cfg.seed, step));
+        seed::manual_seed(seed::rank_step_seed(cfg.seed, step, rank));
         let batch = data.next_batch()?;
-        let out = task.train_step(&batch, step)?;
+        let mut out = task.train_step(&batch, step)?;
+        let mut stop = cfg.stop.take();
+        if let Some(g) = &dist {
+            // A collective inside the step (the gradient all-reduce) may have failed.
+            g.check()?;
+            // One small all-reduce: the stop flag and the loss and metrics, averaged. A
+            // non-finite value on any rank is non-finite everywhere, so all ranks stop together.
+            let mut v: Vec<f64> = vec![f64::from(u8::from(stop)), out.loss];
+            v.extend(out.metrics.iter().map(|(_, x)| *x));
+            let mut t = Tensor::from_slice(&v);
+            g.all_reduce(&mut t, crate::dist::ReduceOp::Sum)?;
+            let v = Vec::<f64>::try_from(&t).map_err(CoreError::Torch)?;
+            stop = v[0] > 0.0;
+            out.loss = v[1] / world as f64;
+            for ((_, m), x) in out.metrics.iter_mut().zip(&v[2..]) {
+                *m = x / world as f64;
+            }
+        }
         let bad = std::iter::once(("loss".to_string(), out.loss))
             .chain(out.metrics.iter().cloned())
             .find(|(_, v)| !v.is_finite());
@@ -364,54 +532,72 @@ pub fn run(task: &mut dyn TrainTask, data: &mut dyn BatchSource, cfg: &HarnessCo
                 .as_ref()
                 .map(|p: &PathBuf| p.display().to_string())
                 .unwrap_or_else(|| "none (no checkpoint was written yet)".into());
+            let what = if world > 1 { format!("{what} (mean over {world} ranks)") } else { what };
             let msg = format!("{what} is {value} at step {step}");
-            run.write_status(Status::Failed, step, cfg.steps, Some(&msg))?;
+            if leader {
+                run.write_status(Status::Failed, step, cfg.steps, Some(&msg))?;
+            }
             return Err(CoreError::NonFinite { step, what, value, last_good });
         }
         step += 1;
         last_loss = Some(out.loss);
-        if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
-            let elapsed = t0.elapsed().as_secs_f64();
-            let it_s = (step - start) as f64 / elapsed.max(1e-9);
-            let mut line = serde_json::json!({ "step": step, "loss": out.loss, "time_s": elapsed, "it_s": it_s });
-            for (k, v) in &out.metrics {
-                line[k] = serde_json::json!(v);
+        if let (Some(metrics), Some(tb)) = (metrics.as_mut(), tb.as_mut()) {
+            if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
+                let elapsed = t0.elapsed().as_secs_f64();
+                let it_s = (step - start) as f64 / elapsed.max(1e-9);
+                let mut line = serde_json::json!({ "step": step, "loss": out.loss, "time_s": elapsed, "it_s": it_s });
+                for (k, v) in &out.metrics {
+                    line[k] = serde_json::json!(v);
+                }
+                writeln!(metrics, "{line}").map_err(|e| CoreError::io(run.metrics(), e))?;
+                let mut scalars = vec![("loss", out.loss), ("it_s", it_s)];
+                scalars.extend(out.metrics.iter().map(|(k, v)| (k.as_str(), *v)));
+                tb.scalars(step, &scalars)?;
+                bar.set_message(format!("loss {:.4}", out.loss));
             }
-            writeln!(metrics, "{line}").map_err(|e| CoreError::io(run.metrics(), e))?;
-            let mut scalars = vec![("loss", out.loss), ("it_s", it_s)];
-            scalars.extend(out.metrics.iter().map(|(k, v)| (k.as_str(), *v)));
-            tb.scalars(step, &scalars)?;
-            bar.set_message(format!("loss {:.4}", out.loss));
-        }
-        bar.set_position(step);
-        let stop = cfg.stop.take();
-        if cfg.sample_every > 0 && step % cfg.sample_every == 0 && step < cfg.steps {
-            sample(task, step, &mut tb, &mut metrics)?;
+            bar.set_position(step);
+            if cfg.sample_every > 0 && step % cfg.sample_every == 0 && step < cfg.steps {
+                sample(task, step, tb, metrics)?;
+            }
         }
         if stop || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == cfg.steps {
-            metrics.flush().map_err(|e| CoreError::io(run.metrics(), e))?;
-            last_ckpt = Some(save(task, step)?);
-            if !cfg.progress {
-                eprintln!(
-                    "step {step}/{}: loss {:.5}, checkpoint {}",
-                    cfg.steps,
-                    out.loss,
-                    last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-                );
+            if let Some(g) = &dist {
+                check_in_sync(task, g, step)?;
+            }
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.flush().map_err(|e| CoreError::io(run.metrics(), e))?;
+                last_ckpt = Some(save(task, step)?);
+                if !cfg.progress {
+                    eprintln!(
+                        "step {step}/{}: loss {:.5}, checkpoint {}",
+                        cfg.steps,
+                        out.loss,
+                        last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                    );
+                }
             }
         }
         if stop {
             bar.abandon_with_message(format!("stopped at step {step}; resume with --resume"));
-            run.write_status(Status::Stopped, step, cfg.steps, Some("interrupted; checkpoint saved"))?;
+            if leader {
+                run.write_status(Status::Stopped, step, cfg.steps, Some("interrupted; checkpoint saved"))?;
+            }
             return Ok(Outcome { status: Status::Stopped, step, last_checkpoint: last_ckpt, last_loss });
         }
     }
     if step == start && start > 0 {
         // Resumed a run that had already finished.
         last_ckpt = last_ckpt.or_else(|| checkpoint::latest_checkpoint(&run.checkpoints()));
+        if let Some(g) = &dist {
+            check_in_sync(task, g, step)?;
+        }
     }
-    sample(task, step, &mut tb, &mut metrics)?;
+    if let (Some(metrics), Some(tb)) = (metrics.as_mut(), tb.as_mut()) {
+        sample(task, step, tb, metrics)?;
+    }
     bar.finish_with_message(format!("done: loss {}", last_loss.map(|l| format!("{l:.4}")).unwrap_or_default()));
-    run.write_status(Status::Finished, step, cfg.steps, None)?;
+    if leader {
+        run.write_status(Status::Finished, step, cfg.steps, None)?;
+    }
     Ok(Outcome { status: Status::Finished, step, last_checkpoint: last_ckpt, last_loss })
 }

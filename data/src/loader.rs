@@ -2,9 +2,13 @@
 //!
 //! The batch for training step `s` depends only on `(seed, s)`: epoch `e = s / B` (with
 //! `B` batches per epoch and rank) is a permutation of all indices drawn from
-//! `(seed, e)`, split into `world_size` contiguous shards (every index exactly once per
-//! epoch across ranks, the remainder dropped so ranks stay in step), and batch `s % B` of
-//! this rank's shard. A background thread decodes batches ahead of the training step
+//! `(seed, e)`, cut into global batches of `world_size * batch_size`; rank `r` takes the
+//! `r`-th slice of global batch `s % B` (every index at most once per epoch across ranks,
+//! the remainder dropped so ranks stay in step). So `N` ranks of batch `b` train on
+//! exactly the images one process of batch `N * b` would, and a one-process run is
+//! unchanged by sharding. Without an explicit rank, [`LoaderConfig::new`] takes the rank
+//! and world size of the default process group ([`genlab_core::dist`]), as PyTorch's
+//! `DistributedSampler` does. A background thread decodes batches ahead of the training step
 //! (items in parallel with rayon); `seek` restarts it at any step, which is what makes
 //! `--resume` exact.
 use crate::dataset::Dataset;
@@ -34,14 +38,17 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
+    /// A loader for this process's shard: rank and world size come from the default
+    /// process group, `(0, 1)` without one.
     pub fn new(batch_size: usize, seed: u64, device: Device) -> Self {
+        let (rank, world_size) = genlab_core::dist::rank_and_world();
         LoaderConfig {
             batch_size,
             seed,
             shuffle: true,
             drop_last: true,
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size,
             device,
             hflip: false,
             prefetch: 4,
@@ -59,24 +66,25 @@ struct HostBatch {
 /// The indices of batch `step` for this rank (see the module docs).
 pub fn batch_indices(len: usize, cfg: &LoaderConfig, step: u64) -> Vec<usize> {
     let world = cfg.world_size.max(1);
-    let per_rank = len / world;
     let bs = cfg.batch_size.max(1);
-    let per_epoch = if cfg.drop_last || world > 1 { per_rank / bs } else { per_rank.div_ceil(bs) }.max(1) as u64;
+    let per_epoch = batches_per_epoch(len, cfg).max(1) as u64;
     let epoch = step / per_epoch;
     let b = (step % per_epoch) as usize;
     let order = if cfg.shuffle { Rng::derive(cfg.seed, &[epoch]).permutation(len) } else { (0..len).collect() };
-    let shard = &order[cfg.rank * per_rank..(cfg.rank + 1) * per_rank];
-    shard[(b * bs).min(per_rank)..((b + 1) * bs).min(per_rank)].to_vec()
+    // Global batch `b` is `order[b*G..(b+1)*G]` with `G = world * bs`; rank `r` takes its
+    // `r`-th slice, so `world` ranks of `bs` see what one process of batch `G` sees.
+    let start = (b * bs * world + cfg.rank * bs).min(len);
+    order[start..(start + bs).min(len)].to_vec()
 }
 
 /// Batches per epoch for one rank.
 pub fn batches_per_epoch(len: usize, cfg: &LoaderConfig) -> usize {
     let world = cfg.world_size.max(1);
-    let per_rank = len / world;
+    let bs = cfg.batch_size.max(1);
     if cfg.drop_last || world > 1 {
-        per_rank / cfg.batch_size.max(1)
+        len / (world * bs)
     } else {
-        per_rank.div_ceil(cfg.batch_size.max(1))
+        len.div_ceil(bs)
     }
 }
 
@@ -116,13 +124,13 @@ impl Loader {
         if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
             return Err(DataError::Invalid(format!("rank {} is not below world size {}", cfg.rank, cfg.world_size)));
         }
-        let per_rank = dataset.len() / cfg.world_size;
-        if per_rank < cfg.batch_size {
+        if dataset.len() < cfg.batch_size * cfg.world_size {
             return Err(DataError::Invalid(format!(
-                "{}: {} items per rank cannot fill one batch of {}",
+                "{}: {} items cannot fill one batch of {}{}",
                 dataset.describe(),
-                per_rank,
-                cfg.batch_size
+                dataset.len(),
+                cfg.batch_size,
+                if cfg.world_size > 1 { format!(" on each of {} ranks", cfg.world_size) } else { String::new() }
             )));
         }
         Ok(Loader { dataset, cfg, next_step: 0, rx: None, worker: None })
@@ -165,8 +173,11 @@ impl Loader {
         let t = Tensor::from_slice(&hb.pixels).view([hb.n as i64, c as i64, h as i64, w as i64]);
         let mut images = t.to_kind(Kind::Float) / 127.5 - 1.0;
         if self.cfg.hflip {
+            // Draw the flips of the whole global batch and keep this rank's slice, so that
+            // sharding does not change which images are flipped.
             let mut rng = Rng::derive(self.cfg.seed, &[step, 0x_f11b]);
-            let flips: Vec<bool> = (0..hb.n).map(|_| rng.next_u64() & 1 == 1).collect();
+            let skip = self.cfg.rank * self.cfg.batch_size;
+            let flips: Vec<bool> = (0..skip + hb.n).map(|_| rng.next_u64() & 1 == 1).skip(skip).collect();
             let mask = Tensor::from_slice(&flips).view([hb.n as i64, 1, 1, 1]);
             images = images.flip([3]).where_self(&mask, &images);
         }
@@ -242,6 +253,23 @@ mod tests {
             let mut all: Vec<usize> = (0..per_epoch).flat_map(|s| batch_indices(len, &cfg, s)).collect();
             all.sort_unstable();
             prop_assert_eq!(all, (0..len).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn ranks_split_the_combined_batch() {
+        for step in 0..12 {
+            let one = LoaderConfig { world_size: 1, rank: 0, ..LoaderConfig::new(12, 5, Device::Cpu) };
+            let mut combined = batch_indices(100, &one, step);
+            let mut split: Vec<usize> = (0..3)
+                .flat_map(|rank| {
+                    let cfg = LoaderConfig { world_size: 3, rank, ..LoaderConfig::new(4, 5, Device::Cpu) };
+                    batch_indices(100, &cfg, step)
+                })
+                .collect();
+            combined.sort_unstable();
+            split.sort_unstable();
+            assert_eq!(combined, split, "step {step}");
         }
     }
 
