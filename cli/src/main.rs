@@ -23,6 +23,7 @@ mod data_cmd;
 mod diffusion_cmd;
 mod eval_cmd;
 mod gan_cmd;
+mod launch;
 mod report_cmd;
 mod vae_cmd;
 
@@ -92,6 +93,21 @@ enum Command {
         #[arg(default_value = "runs")]
         dir: PathBuf,
     },
+    /// Train data-parallel on this machine: start N ranks of a training command.
+    #[command(after_help = "Each rank trains on its shard of every global batch (so N ranks of --batch-size B train \
+on N x B images per step); gradients are averaged over the ranks on PyTorch's c10d engine (Gloo for CPU \
+tensors, NCCL for CUDA tensors, one GPU per rank). Rank 0 alone writes the run directory, and --resume \
+continues a distributed run.
+
+Examples:
+  genlab launch --nproc 2 -- vae train --model conv --data fashion-mnist --steps 2000 --out runs/vae-dp
+  genlab launch --nproc 4 --dist-timeout 120 -- gan train --model dcgan --data mnist5k --steps 5000 --out runs/dcgan-dp --device cuda
+
+The same ranks under torchrun (one node, or several with its usual flags):
+  torchrun --standalone --nproc-per-node 2 --no-python genlab vae train --model conv --data fashion-mnist --steps 2000 --out runs/vae-dp
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST --master-port 29500 --no-python genlab gan train ...
+Under torchrun, set GENLAB_DIST_TIMEOUT (seconds) for the collective timeout.")]
+    Launch(launch::LaunchArgs),
 }
 
 /// Flags shared by every family's `train` (the CLI contract).
@@ -180,6 +196,9 @@ impl TrainArgs {
         genlab_core::seed::manual_seed(self.seed as i64);
         let mut task = build(run, device)?;
         let out = genlab_core::train::run(&mut task, &mut loader, &self.harness())?;
+        if !genlab_core::dist::is_leader() {
+            return Ok(());
+        }
         eprintln!(
             "{:?} at step {}; checkpoint {}",
             out.status,
@@ -271,7 +290,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let training = is_training(&args);
     let cli = Cli::parse_from(std::iter::once(std::ffi::OsString::from("genlab")).chain(args));
+    // Under torchrun or `genlab launch`, join the group before anything picks a device or
+    // builds a loader: both follow the rank.
+    let group = match join_group(training) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let result = match cli.command {
         Command::Vae(c) => vae_cmd::run(c),
         Command::Gan(c) => gan_cmd::run(c),
@@ -284,9 +313,40 @@ fn main() {
         Command::Info { path } => info(&path),
         Command::Report { run, out } => report_cmd::report(&run, out),
         Command::Runs { dir } => report_cmd::runs(&dir),
+        Command::Launch(a) => launch::run(a),
+    };
+    let result = match (result, &group) {
+        (Ok(()), Some(_)) => genlab_core::dist::shutdown().map_err(anyhow::Error::from),
+        (Err(e), Some(_)) => {
+            genlab_core::dist::abandon();
+            Err(e)
+        }
+        (r, None) => r,
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        match group {
+            Some(g) => eprintln!("error (rank {} of {}): {e:#}", g.rank(), g.world_size()),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
+}
+
+/// `<family> train ...` or `eval train-classifier ...`: the commands that run data-parallel.
+fn is_training(args: &[std::ffi::OsString]) -> bool {
+    let word = |i: usize| args.get(i).and_then(|a| a.to_str()).unwrap_or_default();
+    matches!((word(0), word(1)), ("vae" | "gan" | "diffusion", "train") | ("eval", "train-classifier"))
+}
+
+/// Join the distributed run torchrun's variables describe (`WORLD_SIZE` > 1), if any.
+fn join_group(training: bool) -> Result<Option<Arc<genlab_core::dist::ProcessGroup>>> {
+    let Some(env) = genlab_core::dist::DistEnv::from_env()? else { return Ok(None) };
+    if !training {
+        anyhow::bail!(
+            "WORLD_SIZE is {}: only training commands (`<family> train`, `eval train-classifier`) run distributed",
+            env.world_size
+        );
+    }
+    let opts = genlab_core::dist::DistOptions::from_env()?;
+    Ok(Some(genlab_core::dist::init(&env, opts)?))
 }

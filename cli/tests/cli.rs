@@ -714,3 +714,60 @@ fn gan_cyclegan_train_and_translate() {
         .unwrap());
     assert!(out.contains("a2b  identity L1 0.0000"), "{out}");
 }
+
+/// Run `cmd` to completion, killing it (and failing) after `secs` seconds.
+fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {secs} s: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn launch(nproc: &str, run: &Path, family_args: &[&str], extra: &[&str]) -> Command {
+    let mut c = genlab();
+    c.args(["launch", "--nproc", nproc, "--dist-timeout", "60", "--"])
+        .args(family_args)
+        .args(["--device", "cpu", "--no-progress", "--sample-every", "0", "--out"])
+        .arg(run)
+        .args(extra)
+        .env("OMP_NUM_THREADS", "1");
+    c
+}
+
+#[test]
+fn launch_trains_data_parallel_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("vae");
+    let vae = ["vae", "train", "--model", "mlp", "--data", "digits", "--batch-size", "16"];
+    let text = ok(output_within(&mut launch("2", &run, &vae, &["--steps", "6", "--checkpoint-every", "3"]), 120));
+    // Rank 0 alone reports and writes: one line per checkpoint, one run directory.
+    assert_eq!(text.matches("checkpoint ").count(), 2 + 1, "{text}");
+    let entries: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("vae")]);
+    for step in [3, 6] {
+        assert!(run.join(format!("checkpoints/step-{step:08}/state.json")).is_file(), "step {step}");
+    }
+    // Resume the distributed run to step 9.
+    ok(output_within(&mut launch("2", &run, &vae, &["--steps", "9", "--checkpoint-every", "3", "--resume"]), 120));
+    let status = std::fs::read_to_string(run.join("status.json")).unwrap();
+    assert!(status.contains("\"finished\"") && status.contains("\"step\": 9"), "{status}");
+    let info = ok(genlab().arg("info").arg(&run).output().unwrap());
+    assert!(info.contains("step: 9"), "{info}");
+
+    // A GAN: generator and discriminator both stay in sync (the harness checks it at every checkpoint).
+    let gan = tmp.path().join("gan");
+    let cgan = ["gan", "train", "--model", "cgan", "--data", "digits", "--batch-size", "16"];
+    ok(output_within(&mut launch("2", &gan, &cgan, &["--steps", "4", "--checkpoint-every", "4"]), 120));
+    assert!(gan.join("checkpoints/step-00000004/state.json").is_file());
+
+    // Only training commands run distributed.
+    let e = fail(genlab().args(["launch", "--nproc", "2", "--", "info"]).arg(&run).output().unwrap());
+    assert!(e.contains("runs training commands"), "{e}");
+}
