@@ -29,12 +29,13 @@ pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
         Some("optim") => optim(libtorch),
         Some("data") => data(libtorch),
         Some("families") => families(libtorch),
+        Some("dist") => dist(libtorch, &args[1..]),
         Some("all") => {
             optim(libtorch)?;
             data(libtorch)?;
             families(libtorch)
         }
-        _ => bail!("usage: cargo xtask bench optim|data|families|all"),
+        _ => bail!("usage: cargo xtask bench optim|data|families|dist|all"),
     }
 }
 
@@ -332,5 +333,143 @@ fn families(libtorch: &Path) -> Result<()> {
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     print!("{md}");
     eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `bench dist [--nproc N] [--device cpu|cuda] [--steps S] [--batch-size B]`: data-parallel
+/// training throughput at 1 and N processes (a conv VAE on fashion-mnist, fixed per-rank batch,
+/// through `genlab launch`), and the time of one 40 MB all-reduce on c10d from genlab and
+/// from torch.distributed. Writes bench/dist.md (bench/dist-cuda.md for --device cuda).
+fn dist(libtorch: &Path, args: &[String]) -> Result<()> {
+    let mut nproc = 2usize;
+    let mut device = "cpu".to_string();
+    let mut steps = 60u64;
+    let mut batch = 64usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--nproc" => nproc = value()?.parse().context("--nproc")?,
+            "--device" => device = value()?.clone(),
+            "--steps" => steps = value()?.parse().context("--steps")?,
+            "--batch-size" => batch = value()?.parse().context("--batch-size")?,
+            other => {
+                bail!("bench dist: unknown flag {other}; flags: --nproc N --device cpu|cuda --steps S --batch-size B")
+            }
+        }
+    }
+    if nproc < 2 {
+        bail!("bench dist: --nproc must be at least 2");
+    }
+    let root = crate::root();
+    let py = crate::setup::python_packages(&root, &[&format!("torch=={}", crate::setup::TORCH_VERSION)])?;
+    crate::run(crate::cargo(libtorch).args(["build", "-q", "-p", "genlab"]))?;
+    crate::run(crate::cargo(libtorch).args(["build", "-q", "-p", "genlab-core", "--example", "dist_allreduce"]))?;
+    let genlab = root.join("target/debug/genlab");
+    let allreduce = root.join("target/debug/examples/dist_allreduce");
+    let threads = if device == "cpu" { "1" } else { "4" };
+    let with_env = |mut c: Command| {
+        c.current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("OMP_NUM_THREADS", threads)
+            .env("MKL_NUM_THREADS", threads)
+            .env("OMP_WAIT_POLICY", "PASSIVE");
+        c
+    };
+    let load_before = loadavg();
+    let tmp = std::env::temp_dir().join(format!("genlab-bench-dist-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    // Training: images/s from the harness's own rate over the whole run (it_s x global batch).
+    let mut train = Vec::new();
+    for n in [1, nproc] {
+        let out = tmp.join(format!("vae-{n}"));
+        let mut c = with_env(Command::new(&genlab));
+        if n > 1 {
+            c.args(["launch", "--nproc", &n.to_string(), "--"]);
+        }
+        c.args(["vae", "train", "--model", "conv", "--data", "fashion-mnist", "--no-progress", "--sample-every", "0"])
+            .args(["--steps", &steps.to_string(), "--checkpoint-every", &steps.to_string(), "--log-every", "10"])
+            .args(["--batch-size", &batch.to_string(), "--device", &device, "--out"])
+            .arg(&out);
+        output(&mut c)?;
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).context("reading the run's metrics")?;
+        let it_s: f64 = metrics
+            .lines()
+            .rev()
+            .find_map(|l| l.split("\"it_s\":").nth(1)?.split([',', '}']).next()?.trim().parse().ok())
+            .context("no it_s in the run's metrics")?;
+        train.push((n, it_s, it_s * (batch * n) as f64));
+    }
+    // All-reduce of 40 MB: genlab's c10d shim, then torch.distributed, the same way.
+    let ranks = |mut make: Box<dyn FnMut(usize, u16) -> Command>| -> Result<f64> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let children: Vec<_> = (0..nproc)
+            .map(|r| {
+                let mut c = make(r, port);
+                c.env("MASTER_ADDR", "127.0.0.1")
+                    .env("MASTER_PORT", port.to_string())
+                    .env("RANK", r.to_string())
+                    .env("LOCAL_RANK", r.to_string())
+                    .env("WORLD_SIZE", nproc.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                c.spawn().context("starting a rank")
+            })
+            .collect::<Result<_>>()?;
+        let mut ms = None;
+        for c in children {
+            let out = c.wait_with_output()?;
+            if !out.status.success() {
+                bail!("an all-reduce rank failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ms = ms.or(parse(&String::from_utf8_lossy(&out.stdout)).get("allreduce_ms").copied());
+        }
+        ms.context("rank 0 printed no allreduce_ms")
+    };
+    let dev = device.clone();
+    let genlab_ms = ranks(Box::new(move |_, _| {
+        let mut c = with_env(Command::new(&allreduce));
+        c.args(["40", "20", dev.as_str()]);
+        c
+    }))?;
+    let dev = device.clone();
+    let root2 = root.clone();
+    let py2 = py.clone();
+    let torch_ms = ranks(Box::new(move |_, _| {
+        let mut c = with_env(Command::new(&py2));
+        c.arg(root2.join("bench/dist_allreduce.py")).args(["--mb", "40", "--iters", "20", "--device", dev.as_str()]);
+        c
+    }))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let mut md = String::new();
+    md.push_str("# Data-parallel training: scaling and all-reduce\n\n");
+    md.push_str(&format!(
+        "`cargo xtask bench dist --nproc {nproc} --device {device} --steps {steps} --batch-size {batch}`. \
+         Training: the `conv` VAE on fashion-mnist, {steps} steps, batch {batch} per rank, one process \
+         (`genlab vae train`) and {nproc} processes (`genlab launch --nproc {nproc}`, Gloo{}), {threads} \
+         thread(s) per process; images/s = the harness's steps/s over the run x the global batch. \
+         All-reduce: one 40 MB float32 tensor summed over {nproc} ranks on 127.0.0.1, median of 20, from genlab's \
+         c10d shim and from torch.distributed {} (Python). Binaries of the dev profile. CPU: {}, {} cores; \
+         load average {load_before} before, {} after (the machine is shared, so other load may \
+         be in these figures).\n\n",
+        if device == "cuda" { " for CPU tensors, NCCL for the gradients" } else { "" },
+        crate::setup::TORCH_VERSION,
+        cpu_model(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        loadavg(),
+    ));
+    md.push_str("| processes | steps/s | images/s | speed-up |\n|---:|---:|---:|---:|\n");
+    let base = train.first().map(|t| t.2).unwrap_or(1.0);
+    for (n, it_s, img_s) in &train {
+        md.push_str(&format!("| {n} | {} | {} | {:.2}x |\n", rate(*it_s), rate(*img_s), img_s / base));
+    }
+    md.push_str(&format!(
+        "\n| all-reduce, 40 MB, {nproc} ranks | ms |\n|---|---:|\n| genlab (c10d {}) | {genlab_ms:.1} |\n| torch.distributed | {torch_ms:.1} |\n",
+        if device == "cuda" { "NCCL" } else { "Gloo" }
+    ));
+    let name = if device == "cuda" { "bench/dist-cuda.md" } else { "bench/dist.md" };
+    std::fs::write(root.join(name), &md).with_context(|| format!("writing {name}"))?;
+    print!("{md}");
     Ok(())
 }

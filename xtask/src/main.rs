@@ -5,7 +5,7 @@
 //! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //! - `demo`: setup, then train each family's small default model on mnist5k and write grids
 //!   and an HTML report per run under `runs/demo`.
-//! - `bench optim|data|families|all`: genlab beside PyTorch from Python on the same work.
+//! - `bench optim|data|families|dist|all`: genlab beside PyTorch from Python on the same work.
 //! - `download NAME`: a dataset's original files, verified, where genlab-data finds them;
 //!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors.
 use anyhow::{bail, Context, Result};
@@ -48,6 +48,7 @@ fn usage() -> ! {
   bench optim     optimizer step time, genlab beside PyTorch from Python
   bench data      data-loader throughput, genlab beside PyTorch's DataLoader
   bench families  each family's default model: train steps/s, samples/s, peak memory beside PyTorch eager
+  bench dist [--nproc N] [--device cpu|cuda]  data-parallel scaling (1 vs N processes) and a 40 MB all-reduce
   bench all       optim, data and families
   download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab
   download fid-inception [--from FILE]
