@@ -382,12 +382,14 @@ fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
     genlab_core::seed::manual_seed(a.seed as i64);
     let mut task = CycleGanTask::new(run, device)?;
     let out = genlab_core::train::run(&mut task, &mut source, &a.harness())?;
-    eprintln!(
-        "{:?} at step {}; checkpoint {}",
-        out.status,
-        out.step,
-        out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-    );
+    if genlab_core::dist::is_leader() {
+        eprintln!(
+            "{:?} at step {}; checkpoint {}",
+            out.status,
+            out.step,
+            out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+        );
+    }
     Ok(())
 }
 
