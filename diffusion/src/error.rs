@@ -56,6 +56,8 @@ pub enum DiffusionError {
          but the data `{data}` has shape {data_shape:?}: train an autoencoder on this data (or of its shape)"
     )]
     AutoencoderShape { path: std::path::PathBuf, autoencoder: [i64; 3], data: String, data_shape: [i64; 3] },
+    #[error("{path}: {message}")]
+    Tokenizer { path: std::path::PathBuf, message: String },
     #[error(transparent)]
     Core(#[from] genlab_core::CoreError),
     #[error(transparent)]

@@ -8,9 +8,11 @@
 //! - [`loss`]: the denoising objective as free functions.
 //! - [`train`]: the training step for genlab-core's harness ([`train::DiffusionTask`]), and loading runs.
 //! - [`sample`]: sampling with classifier-free guidance, RePaint inpainting and SDEdit image-to-image.
+//! - [`clip`]: the CLIP BPE tokenizer of Stable-Diffusion-compatible text encoders.
 //! - [`latent`]: latent diffusion (Rombach et al., arXiv 2112.10752) on a genlab-vae KL autoencoder:
 //!   run setup (scale estimate, a self-contained copy of the autoencoder) and decoded sampling,
 //!   image-to-image and inpainting.
+pub mod clip;
 pub mod error;
 pub mod latent;
 pub mod loss;

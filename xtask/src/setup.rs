@@ -204,5 +204,6 @@ pub fn setup() -> Result<PathBuf> {
     let lt = libtorch(&root)?;
     eprintln!("setup: libtorch {TORCH_VERSION} at {}", std::fs::canonicalize(&lt).unwrap_or(lt.clone()).display());
     python_packages(&root, PYPI)?;
+    crate::download::clip_vocab(&root, &crate::download::data_dir()?, None)?;
     Ok(lt)
 }
