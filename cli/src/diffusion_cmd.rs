@@ -169,7 +169,7 @@ fn train(f: TrainFlags) -> Result<()> {
     let a = &f.common;
     let device = a.device.resolve()?;
     let mut fresh = false;
-    let run = a.run_config(|ds| {
+    let mut run = a.run_config(|ds| {
         let [c, h, w] = ds.shape();
         let num_classes = match (f.cond, ds.num_classes()) {
             (false, _) => None,
@@ -224,7 +224,16 @@ fn train(f: TrainFlags) -> Result<()> {
         run.weight_decay = f.weight_decay;
         Ok(run)
     })?;
+    let group = genlab_core::dist::group();
+    if let Some(g) = &group {
+        // Every rank trains rank 0's configuration: a latent run's scale is estimated from
+        // encoded batches, which the loader shards by rank.
+        let mut bytes = serde_json::to_vec(&run)?;
+        g.broadcast_bytes(&mut bytes, 0)?;
+        run = serde_json::from_slice(&bytes)?;
+    }
     match (&run.latent, fresh) {
+        (Some(_), true) if !genlab_core::dist::is_leader() => {}
         (Some(l), true) => {
             let dir = install_autoencoder(&run, &a.out)?;
             let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
@@ -246,6 +255,10 @@ fn train(f: TrainFlags) -> Result<()> {
             }
         }
         (None, true) => {}
+    }
+    if let (Some(g), Some(_)) = (&group, &run.latent) {
+        // The other ranks load rank 0's copy of the autoencoder.
+        g.barrier()?;
     }
     let out = a.out.clone();
     a.train(run, device, |run, device| Ok(DiffusionTask::for_run(run, &out, device)?))
