@@ -187,18 +187,11 @@ pub fn convert_state_dict(python: &Path, src: &Path, dst: &Path, expected: Optio
     let dir = dst.parent().context("destination has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let part = dst.with_extension("part");
-    let out = Command::new(python)
-        .args(["-c", CONVERT_PY])
-        .arg(src)
-        .arg(&part)
-        .arg(expected.unwrap_or(0).to_string())
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
+    let expected = expected.unwrap_or(0).to_string();
+    let args = [std::ffi::OsStr::new("-c"), CONVERT_PY.as_ref(), src.as_os_str(), part.as_os_str(), expected.as_ref()];
+    let out = run_python(python, &args, &format!("converting {}", src.display())).inspect_err(|_| {
         let _ = std::fs::remove_file(&part);
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!("converting {}: {}", src.display(), err.trim().lines().last().unwrap_or("python failed"));
-    }
+    })?;
     let count = String::from_utf8_lossy(&out.stdout).trim().parse::<usize>().context("reading the tensor count")?;
     std::fs::rename(&part, dst).with_context(|| format!("moving the conversion to {}", dst.display()))?;
     Ok(count)
@@ -271,23 +264,21 @@ impl Drop for TempDir {
     }
 }
 
+/// Run the project's Python with `args`; on failure, an error that starts with `what` and
+/// ends with Python's last line of stderr.
+fn run_python<S: AsRef<std::ffi::OsStr>>(python: &Path, args: &[S], what: &str) -> Result<std::process::Output> {
+    let out = Command::new(python).args(args).output().with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("python failed"));
+    }
+    Ok(out)
+}
+
 /// Copy `member` out of the zip archive (a wheel) `wheel` to `dest`, with the project's Python.
 fn extract_from_wheel(python: &Path, wheel: &Path, member: &str, dest: &Path) -> Result<()> {
     let code = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[3], 'wb') as f:\n    f.write(z.read(sys.argv[2]))";
-    let out = Command::new(python)
-        .args(["-c", code])
-        .arg(wheel)
-        .arg(member)
-        .arg(dest)
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{}: cannot extract {member}: {}",
-            wheel.display(),
-            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("python failed")
-        );
-    }
+    let args = [std::ffi::OsStr::new("-c"), code.as_ref(), wheel.as_os_str(), member.as_ref(), dest.as_os_str()];
+    run_python(python, &args, &format!("{}: cannot extract {member}", wheel.display()))?;
     Ok(())
 }
 
@@ -322,27 +313,15 @@ pub fn clip_vocab(project: &Path, root: &Path, from: Option<&Path>) -> Result<Pa
             let tmp = TempDir(dir.join(".pip-download"));
             std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
             eprintln!("download: {CLIP_VOCAB_PACKAGE} (1.5 MB) from the Python package index, for {CLIP_VOCAB_MEMBER}");
-            let out = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "download",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "--no-deps",
-                    "--only-binary=:all:",
-                    "-d",
-                ])
-                .arg(&tmp.0)
-                .arg(CLIP_VOCAB_PACKAGE)
-                .output()
-                .with_context(|| format!("running {} -m pip", python.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "could not download {CLIP_VOCAB_PACKAGE}: {}\nFetch its wheel (or {CLIP_VOCAB_MEMBER} from it, or bpe_simple_vocab_16e6.txt.gz from OpenAI's CLIP repository) on a machine that can, then run\n  cargo xtask download clip-vocab --from FILE",
-                    String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("pip failed")
-                );
-            }
+            let pip =
+                ["-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:"];
+            let mut args: Vec<&std::ffi::OsStr> = pip.iter().map(std::ffi::OsStr::new).collect();
+            args.extend([std::ffi::OsStr::new("-d"), tmp.0.as_os_str(), CLIP_VOCAB_PACKAGE.as_ref()]);
+            run_python(&python, &args, &format!("could not download {CLIP_VOCAB_PACKAGE}")).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nFetch its wheel (or {CLIP_VOCAB_MEMBER} from it, or bpe_simple_vocab_16e6.txt.gz from OpenAI's CLIP repository) on a machine that can, then run\n  cargo xtask download clip-vocab --from FILE"
+                )
+            })?;
             let wheel = std::fs::read_dir(&tmp.0)?
                 .flatten()
                 .map(|e| e.path())

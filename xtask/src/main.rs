@@ -80,23 +80,19 @@ fn real_main() -> Result<()> {
             let lt = setup::setup()?;
             bench::run(&lt, &args[1..])?;
         }
-        "download" if args.get(1).is_some_and(|a| a == "clip-vocab") => {
+        "download" if args.get(1).is_some_and(|a| a == "clip-vocab" || a == "fid-inception") => {
             let from = match &args[2..] {
                 [] => None,
                 [flag, file] if flag == "--from" => Some(PathBuf::from(file)),
                 _ => usage(),
             };
-            let path = download::clip_vocab(&root(), &download::data_dir()?, from.as_deref())?;
-            eprintln!("download: the CLIP BPE vocabulary is ready at {}", path.display());
-        }
-        "download" if args.get(1).is_some_and(|a| a == "fid-inception") => {
-            let from = match &args[2..] {
-                [] => None,
-                [flag, file] if flag == "--from" => Some(PathBuf::from(file)),
-                _ => usage(),
+            let (root, data) = (root(), download::data_dir()?);
+            let (what, path) = if args[1] == "clip-vocab" {
+                ("the CLIP BPE vocabulary", download::clip_vocab(&root, &data, from.as_deref())?)
+            } else {
+                ("the FID Inception-v3 weights", download::fid_inception(&root, &data, from.as_deref())?)
             };
-            let path = download::fid_inception(&root(), &download::data_dir()?, from.as_deref())?;
-            eprintln!("download: the FID Inception-v3 weights are ready at {}", path.display());
+            eprintln!("download: {what} is ready at {}", path.display());
         }
         "download" => {
             let [_, name] = args.as_slice() else { usage() };
