@@ -58,6 +58,12 @@ pub enum DiffusionError {
     AutoencoderShape { path: std::path::PathBuf, autoencoder: [i64; 3], data: String, data_shape: [i64; 3] },
     #[error("{path}: {message}")]
     Tokenizer { path: std::path::PathBuf, message: String },
+    /// A pretrained model's file or folder: missing, unreadable, or with a bad config.json.
+    #[error("{path}: {message}")]
+    Model { path: std::path::PathBuf, message: String },
+    /// A configuration value genlab does not implement (named, with the supported values).
+    #[error("unsupported model configuration: {0}")]
+    Unsupported(String),
     #[error(transparent)]
     Core(#[from] genlab_core::CoreError),
     #[error(transparent)]

@@ -9,6 +9,8 @@
 //! - [`train`]: the training step for genlab-core's harness ([`train::DiffusionTask`]), and loading runs.
 //! - [`sample`]: sampling with classifier-free guidance, RePaint inpainting and SDEdit image-to-image.
 //! - [`clip`]: the CLIP BPE tokenizer of Stable-Diffusion-compatible text encoders.
+//! - [`sd`]: Stable-Diffusion-compatible text-to-image: `UNet2DConditionModel`, diffusers-folder and
+//!   single-file loading, text-to-image, image-to-image and inpainting pipelines.
 //! - [`latent`]: latent diffusion (Rombach et al., arXiv 2112.10752) on a genlab-vae KL autoencoder:
 //!   run setup (scale estimate, a self-contained copy of the autoencoder) and decoded sampling,
 //!   image-to-image and inpainting.
@@ -19,6 +21,7 @@ pub mod loss;
 pub mod sample;
 pub mod schedule;
 pub mod scheduler;
+pub mod sd;
 pub mod train;
 pub mod unet;
 

@@ -1,6 +1,8 @@
 //! CLIP text side of Stable-Diffusion-compatible models.
 //!
 //! - [`tokenizer`]: the byte-level BPE tokenizer ([`ClipTokenizer`]).
+//! - [`text_model`]: the CLIP text transformer.
+pub mod text_model;
 pub mod tokenizer;
 
 pub use tokenizer::ClipTokenizer;

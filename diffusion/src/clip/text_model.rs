@@ -1,0 +1,1 @@
+//! The CLIP text transformer of Stable-Diffusion-compatible models.
