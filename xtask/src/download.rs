@@ -83,6 +83,22 @@ pub fn fetch(url: &str, dest: &Path, want: &str) -> Result<()> {
     let dir = dest.parent().context("destination has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let part = dest.with_extension("part");
+    curl(url, &part).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nFetch it some other way and put it at\n  {}\n(sha256 {want}); then rerun this command, which will verify it.",
+            dest.display()
+        )
+    })?;
+    let got = sha256(&part)?;
+    if got != want {
+        let _ = std::fs::remove_file(&part);
+        bail!("{url}: sha256 is {got}, expected {want}; the download is corrupt or the file changed upstream");
+    }
+    std::fs::rename(&part, dest).with_context(|| format!("moving the download to {}", dest.display()))
+}
+
+/// Fetch `url` to `part` with curl; a refusal says which URL and why.
+fn curl(url: &str, part: &Path) -> Result<()> {
     eprintln!("download: {url}");
     let out = Command::new("curl")
         .args([
@@ -96,24 +112,18 @@ pub fn fetch(url: &str, dest: &Path, want: &str) -> Result<()> {
             "2",
             "--output",
         ])
-        .arg(&part)
+        .arg(part)
         .arg(url)
         .output()
         .context("running curl (install curl, or fetch the file by hand)")?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(part);
         bail!(
-            "could not download {url}: {}\nFetch it some other way and put it at\n  {}\n(sha256 {want}); then rerun this command, which will verify it.",
-            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("curl failed"),
-            dest.display()
+            "could not download {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("curl failed")
         );
     }
-    let got = sha256(&part)?;
-    if got != want {
-        let _ = std::fs::remove_file(&part);
-        bail!("{url}: sha256 is {got}, expected {want}; the download is corrupt or the file changed upstream");
-    }
-    std::fs::rename(&part, dest).with_context(|| format!("moving the download to {}", dest.display()))
+    Ok(())
 }
 
 pub fn download(name: &str, root: &Path) -> Result<PathBuf> {
@@ -339,6 +349,116 @@ pub fn clip_vocab(project: &Path, root: &Path, from: Option<&Path>) -> Result<Pa
     Ok(dest)
 }
 
+/// Stable Diffusion 1.5 in diffusers layout, as published at
+/// <https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5> (the former runwayml/stable-diffusion-v1-5;
+/// CreativeML Open RAIL-M licence). The safety checker and feature extractor are not fetched: genlab does not
+/// run them.
+pub const SD15_URL: &str = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main";
+pub const SD15_FILES: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model{variant}.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model{variant}.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model{variant}.safetensors",
+];
+
+/// Check a fetched file by its kind: JSON parses, a safetensors file's header parses and its tensors
+/// end exactly at the end of the file (a truncated download fails here).
+pub fn check_model_file(path: &Path) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_end_matches(".part");
+    let bytes_len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    if name.ends_with(".json") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    } else if name.ends_with(".safetensors") {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).with_context(|| format!("{}: shorter than a safetensors header", path.display()))?;
+        let n = u64::from_le_bytes(len);
+        if n > 100 << 20 || 8 + n > bytes_len {
+            bail!("{}: not a safetensors file (header length {n}, file {bytes_len} bytes)", path.display());
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header)?;
+        let v: serde_json::Value = serde_json::from_slice(&header)
+            .with_context(|| format!("{}: the safetensors header is not JSON", path.display()))?;
+        let end = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
+            .max()
+            .unwrap_or(0);
+        if 8 + n + end != bytes_len {
+            bail!(
+                "{}: {bytes_len} bytes, but its header describes {} (truncated or corrupt download)",
+                path.display(),
+                8 + n + end
+            );
+        }
+    } else if bytes_len == 0 {
+        bail!("{}: empty file", path.display());
+    }
+    Ok(())
+}
+
+/// `cargo xtask download sd15 [--fp16] [--from DIR]`: Stable Diffusion 1.5's diffusers folder from `base`
+/// ([`SD15_URL`]) into `root/sd15` (fp32 weights, or the fp16 variant: half the size), every file checked
+/// ([`check_model_file`]); from `from` (a local copy, e.g. a Hugging Face cache snapshot) instead of the
+/// network when given. Files already present and valid are kept.
+pub fn sd15(root: &Path, fp16: bool, from: Option<&Path>, base: &str) -> Result<PathBuf> {
+    let dest = root.join("sd15");
+    let variant = if fp16 { ".fp16" } else { "" };
+    let mut failed = Vec::new();
+    for file in SD15_FILES {
+        let file = file.replace("{variant}", variant);
+        let target = dest.join(&file);
+        if target.is_file() && check_model_file(&target).is_ok() {
+            eprintln!("download: {} already present", target.display());
+            continue;
+        }
+        let dir = target.parent().context("no folder")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let part = target.with_extension(format!(
+            "{}.part",
+            target.extension().and_then(|e| e.to_str()).unwrap_or_default()
+        ));
+        let got = match from {
+            Some(src) => {
+                let s = src.join(&file);
+                std::fs::copy(&s, &part).map(|_| ()).with_context(|| format!("copying {}", s.display()))
+            }
+            None => curl(&format!("{base}/{file}"), &part),
+        };
+        match got.and_then(|_| check_model_file(&part)) {
+            Ok(()) => std::fs::rename(&part, &target).with_context(|| format!("moving to {}", target.display()))?,
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                failed.push(format!("{file}: {e:#}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} files could not be fetched:\n  {}\nFetch them on a machine that can (they are the files of {SD15_URL}, \
+             e.g. in a Hugging Face cache snapshot folder) and run\n  cargo xtask download sd15{} --from DIR",
+            failed.len(),
+            SD15_FILES.len(),
+            failed.join("\n  "),
+            if fp16 { " --fp16" } else { "" }
+        );
+    }
+    Ok(dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +485,56 @@ mod tests {
         let e = fetch("file:///nonexistent/file", &other, &sum).unwrap_err().to_string();
         assert!(e.contains("put it at") && e.contains("other.bin") && e.contains(&sum), "{e}");
         assert!(download("imagenet", &tmp).unwrap_err().to_string().contains("mnist, fashion-mnist, cifar10"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod sd15_tests {
+    use super::*;
+
+    fn safetensors(path: &Path, payload: usize, truncate: usize) {
+        let header = format!(r#"{{"w":{{"dtype":"U8","shape":[{payload}],"data_offsets":[0,{payload}]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(vec![7u8; payload - truncate]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The file list arrives from a local copy (and from a file:// "server"), every file checked; a truncated
+    /// weight file and a source that refuses are errors that name the files and say what to do.
+    #[test]
+    fn fetches_the_file_list_and_checks_every_file() {
+        let tmp = std::env::temp_dir().join(format!("genlab-xtask-sd15-{}", std::process::id()));
+        let src = tmp.join("src");
+        for f in SD15_FILES {
+            let f = f.replace("{variant}", ".fp16");
+            let p = src.join(&f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            if f.ends_with(".safetensors") {
+                safetensors(&p, 64, 0);
+            } else if f.ends_with(".json") {
+                std::fs::write(&p, "{}").unwrap();
+            } else {
+                std::fs::write(&p, "x").unwrap();
+            }
+        }
+        let dest = sd15(&tmp.join("a"), true, Some(&src), SD15_URL).unwrap();
+        assert!(dest.join("unet/diffusion_pytorch_model.fp16.safetensors").is_file());
+        assert!(dest.join("tokenizer/vocab.json").is_file());
+        // The fp32 variant is not in the copy: each missing weight file is named, nothing half-written stays.
+        let e = format!("{:#}", sd15(&tmp.join("b"), false, Some(&src), SD15_URL).unwrap_err());
+        assert!(e.contains("3 of 12 files") && e.contains("unet/diffusion_pytorch_model.safetensors"), "{e}");
+        assert!(e.contains("--from DIR"), "{e}");
+        // A truncated download is refused.
+        safetensors(&src.join("vae/diffusion_pytorch_model.fp16.safetensors"), 64, 10);
+        let e = format!("{:#}", sd15(&tmp.join("c"), true, Some(&src), SD15_URL).unwrap_err());
+        assert!(e.contains("1 of 12") && e.contains("truncated"), "{e}");
+        assert!(!tmp.join("c/sd15/vae/diffusion_pytorch_model.fp16.safetensors").exists());
+        // Over the network (here file://): what is already there and valid is kept, a refusal is explained.
+        let e = format!("{:#}", sd15(&tmp.join("a"), false, None, &format!("file://{}", src.display())).unwrap_err());
+        assert!(e.contains("could not download file://") && e.contains("3 of 12"), "{e}");
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -8,7 +8,7 @@
 //! - `bench optim|data|families|dist|all`: genlab beside PyTorch from Python on the same work.
 //! - `download NAME`: a dataset's original files, verified, where genlab-data finds them;
 //!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors;
-//!   `download clip-vocab`: the CLIP BPE vocabulary.
+//!   `download clip-vocab`: the CLIP BPE vocabulary; `download sd15`: Stable Diffusion 1.5 (diffusers layout).
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +54,8 @@ fn usage() -> ! {
   download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab
   download clip-vocab [--from FILE]
                   the CLIP BPE vocabulary (from the open-clip-torch wheel, or a copy fetched elsewhere) for text-to-image
+  download sd15 [--fp16] [--from DIR]
+                  Stable Diffusion 1.5 in diffusers layout (about 4 GB; 2 GB with --fp16) into $GENLAB_DATA_DIR/sd15
   download fid-inception [--from FILE]
                   pytorch-fid's Inception-v3 weights (or a copy fetched elsewhere), converted for `genlab eval`"
     );
@@ -93,6 +95,19 @@ fn real_main() -> Result<()> {
                 ("the FID Inception-v3 weights", download::fid_inception(&root, &data, from.as_deref())?)
             };
             eprintln!("download: {what} is ready at {}", path.display());
+        }
+        "download" if args.get(1).is_some_and(|a| a == "sd15") => {
+            let (mut fp16, mut from) = (false, None);
+            let mut rest = args[2..].iter();
+            while let Some(a) = rest.next() {
+                match a.as_str() {
+                    "--fp16" => fp16 = true,
+                    "--from" => from = Some(PathBuf::from(rest.next().unwrap_or_else(|| usage()))),
+                    _ => usage(),
+                }
+            }
+            let dir = download::sd15(&download::data_dir()?, fp16, from.as_deref(), download::SD15_URL)?;
+            eprintln!("download: Stable Diffusion 1.5 is ready in {}\n  genlab diffusion txt2img --model {} --prompt \"a photo of a cat\" --out cat.png", dir.display(), dir.display());
         }
         "download" => {
             let [_, name] = args.as_slice() else { usage() };
