@@ -47,7 +47,7 @@ impl SampleSize {
 
 /// `AutoencoderKL`'s configuration, field for field as diffusers' `config.json`, so a diffusers
 /// `vae/config.json` deserialises directly (keys genlab does not use, such as `_class_name`,
-/// `force_upcast` or `latents_mean`, are ignored).
+/// `latents_mean`, are ignored).
 ///
 /// There is no `Default`: a missing key takes the default of diffusers' `AutoencoderKL.__init__`
 /// (needed because older files such as Stable Diffusion 1.5's omit `scaling_factor`), and checkpoints'
@@ -90,6 +90,10 @@ pub struct AutoencoderKLConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "defaults::yes")]
     pub mid_block_add_attention: bool,
+    /// Run this autoencoder in f32 when the rest of a pipeline runs in f16 (diffusers' flag; Stable
+    /// Diffusion's VAE overflows in f16).
+    #[serde(default = "defaults::yes")]
+    pub force_upcast: bool,
 }
 
 /// The defaults of diffusers 0.42.1 `AutoencoderKL.__init__`, for keys a `config.json` omits.
@@ -144,6 +148,7 @@ impl AutoencoderKLConfig {
             use_quant_conv: true,
             use_post_quant_conv: true,
             mid_block_add_attention: true,
+            force_upcast: true,
         }
     }
 
@@ -168,6 +173,7 @@ impl AutoencoderKLConfig {
             use_quant_conv: true,
             use_post_quant_conv: true,
             mid_block_add_attention: true,
+            force_upcast: true,
         }
     }
 

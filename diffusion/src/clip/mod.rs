@@ -1,10 +1,12 @@
 //! CLIP text side of Stable-Diffusion-compatible models.
 //!
 //! - [`tokenizer`]: the byte-level BPE tokenizer ([`ClipTokenizer`]).
-//! - [`text_model`]: the CLIP text transformer.
+//! - [`text_model`]: the CLIP text transformer ([`ClipTextModel`], [`ClipTextConfig`]) and the key maps of
+//!   original single-file checkpoints.
 pub mod text_model;
 pub mod tokenizer;
 
+pub use text_model::{ClipTextConfig, ClipTextModel};
 pub use tokenizer::ClipTokenizer;
 
 /// The file name of OpenAI's BPE merges file.

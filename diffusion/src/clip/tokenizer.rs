@@ -326,6 +326,16 @@ impl ClipTokenizer {
         Ok(tok)
     }
 
+    /// Pad with `id` instead (SD 2.x tokenizers pad with "!", id 0).
+    pub fn set_pad_id(&mut self, id: i64) {
+        self.pad_id = id;
+    }
+
+    /// The padding id.
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
     /// The id of a token's text (`"cat</w>"`, `"<|endoftext|>"`).
     pub fn token_id(&self, token: &str) -> Option<i64> {
         self.encoder.get(token).copied()

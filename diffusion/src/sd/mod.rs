@@ -2,4 +2,13 @@
 //! Diffusion Models", arXiv 2112.10752).
 //!
 //! - [`unet`]: diffusers' `UNet2DConditionModel` with cross-attention.
+//! - [`loader`]: [`StableDiffusion`], loaded from a diffusers folder or a single-file checkpoint.
+//! - [`single_file`]: the original checkpoints' key names.
+//! - [`pipeline`]: text-to-image, image-to-image and inpainting.
+pub mod loader;
+pub mod pipeline;
+pub mod single_file;
 pub mod unet;
+
+pub use loader::{SdConfig, StableDiffusion};
+pub use pipeline::{GenerateOptions, Generated};

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use tch::Tensor;
@@ -15,10 +15,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
+/// The workspace root (every crate that includes this file sits one level below it).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn python() -> PathBuf {
     match std::env::var_os("GENLAB_PYTHON") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+        None => workspace().join(".venv/bin/python"),
     }
 }
 
@@ -31,7 +36,7 @@ fn build() -> Result<PathBuf> {
     if !vocab.exists() {
         bail!("{} is missing: run `cargo xtask download clip-vocab` (or `cargo xtask setup`)", vocab.display());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sd_tiny.py");
+    let script = workspace().join("diffusion/tests/reference/sd_tiny.py");
     let py = python();
     let out = Command::new(&py)
         .arg(&script)
@@ -62,8 +67,12 @@ pub fn dir() -> &'static Path {
 
 /// One tensor of `io.safetensors` by name.
 pub fn io(name: &str) -> Tensor {
-    static IO: OnceLock<Vec<(String, Tensor)>> = OnceLock::new();
-    let all = IO.get_or_init(|| Tensor::read_safetensors(dir().join("io.safetensors")).expect("io.safetensors"));
+    // A Tensor is Send but not Sync: a static needs the Mutex.
+    static IO: OnceLock<Mutex<Vec<(String, Tensor)>>> = OnceLock::new();
+    let all = IO
+        .get_or_init(|| Mutex::new(Tensor::read_safetensors(dir().join("io.safetensors")).expect("io.safetensors")))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     match all.iter().find(|(n, _)| n == name) {
         Some((_, t)) => t.shallow_clone(),
         None => panic!("io.safetensors has no `{name}`"),

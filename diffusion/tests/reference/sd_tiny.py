@@ -342,7 +342,11 @@ def main():
         io["latents_init"] = latents
         runs = [
             ("pipeline", "ddim", pipes["pipeline"].scheduler),
-            ("pipeline", "dpmpp", DPMSolverMultistepScheduler.from_config(pipes["pipeline"].scheduler.config)),
+            # As from the saved scheduler_config.json: every key applies, timestep_spacing "leading" included
+            # (from_config on the live config would let DPM-Solver fall back to its own defaults for keys the
+            # DDIM scheduler took by default).
+            ("pipeline", "dpmpp", DPMSolverMultistepScheduler.from_config(
+                {k: v for k, v in pipes["pipeline"].scheduler.config.items() if k != "_use_default_values"})),
             ("pipeline_v2", "ddim", pipes["pipeline_v2"].scheduler),
         ]
         for name, sampler, sched in runs:

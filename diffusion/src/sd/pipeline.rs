@@ -1,0 +1,323 @@
+//! Text-to-image, image-to-image and inpainting with a [`StableDiffusion`] model, step for step as diffusers'
+//! `StableDiffusionPipeline`, `StableDiffusionImg2ImgPipeline` and `StableDiffusionInpaintPipeline`
+//! (diffusers 0.42.1, `pipelines/stable_diffusion/`), with classifier-free guidance (Ho and Salimans,
+//! arXiv 2207.12598) and image-to-image as SDEdit (Meng et al., arXiv 2108.01073).
+//!
+//! Randomness: every draw comes from libtorch's CPU generator seeded with `seed` and is then moved to the
+//! model's device, in diffusers' order (initial latents; for image-to-image the posterior sample, then the
+//! noise), so a seed gives the same latents on CPU and GPU and the same as diffusers with
+//! `generator=torch.Generator().manual_seed(seed)`.
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{DiffusionError, Result};
+use crate::scheduler::{self, Scheduler, SchedulerKind};
+use crate::sd::loader::StableDiffusion;
+
+/// The options shared by every generation mode.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    /// The prompt guided away from (diffusers' `negative_prompt`; empty = the unconditional text).
+    pub negative_prompt: String,
+    /// Images per call.
+    pub batch: i64,
+    pub steps: usize,
+    /// Classifier-free guidance scale; at most 1 disables guidance (one UNet pass per step).
+    pub guidance_scale: f64,
+    /// `None`: the scheduler the model was published with where genlab has it, else DPM-Solver++(2M).
+    pub scheduler: Option<SchedulerKind>,
+    pub seed: u64,
+    /// Output size in pixels (`None`: the UNet's `sample_size` times the autoencoder's factor).
+    pub height: Option<i64>,
+    pub width: Option<i64>,
+    /// Use the text encoder's output this many layers before the last (diffusers' `clip_skip`).
+    pub clip_skip: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            batch: 1,
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: None,
+            seed: 0,
+            height: None,
+            width: None,
+            clip_skip: 0,
+        }
+    }
+}
+
+/// What a generation call returns.
+#[derive(Debug)]
+pub struct Generated {
+    /// The final latents, before decoding, [batch, latent_channels, h / f, w / f].
+    pub latents: Tensor,
+    /// The decoded images in [0, 1], [batch, 3, h, w], f32 on the CPU.
+    pub images: Tensor,
+    /// The timesteps visited.
+    pub timesteps: Vec<f64>,
+}
+
+fn randn(shape: &[i64], device: Device, kind: Kind) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_device(device).to_kind(kind)
+}
+
+impl StableDiffusion {
+    /// Text embeddings of `prompts`, each padded to the tokenizer's length.
+    ///
+    /// # Shapes
+    /// - returns [prompts.len(), 77, hidden]
+    pub fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<Tensor> {
+        let ids = self.tokenizer.encode_batch(prompts).to_device(self.device());
+        tch::no_grad(|| self.text_encoder.forward_clip_skip(&ids, clip_skip))
+    }
+
+    /// The autoencoder's downsampling factor.
+    pub fn vae_factor(&self) -> i64 {
+        self.config.vae.downsampling_factor()
+    }
+
+    fn size(&self, opts: &GenerateOptions) -> Result<(i64, i64)> {
+        let f = self.vae_factor();
+        let (sh, sw) = self.config.unet.sample_hw();
+        let (h, w) = (opts.height.unwrap_or(sh * f), opts.width.unwrap_or(sw * f));
+        if h <= 0 || w <= 0 || h % f != 0 || w % f != 0 {
+            return Err(DiffusionError::Shape(format!(
+                "height and width must be positive multiples of the autoencoder's factor {f}, got {h}x{w}"
+            )));
+        }
+        Ok((h, w))
+    }
+
+    fn check_options(&self, opts: &GenerateOptions) -> Result<()> {
+        if opts.batch < 1 {
+            return Err(DiffusionError::Shape(format!("batch must be at least 1, got {}", opts.batch)));
+        }
+        if !opts.guidance_scale.is_finite() || opts.guidance_scale < 0.0 {
+            return Err(DiffusionError::Config(format!("guidance scale must be >= 0, got {}", opts.guidance_scale)));
+        }
+        Ok(())
+    }
+
+    /// The scheduler to use and its timesteps.
+    fn scheduler(&self, opts: &GenerateOptions) -> Result<(SchedulerKind, Box<dyn Scheduler>)> {
+        let kind = opts.scheduler.or(self.config.scheduler).unwrap_or(SchedulerKind::DpmPp2m);
+        Ok((kind, scheduler::build(kind, &self.config.schedule, opts.steps)?))
+    }
+
+    /// The conditioning: [negative x batch, prompt x batch] with guidance, [prompt x batch] without.
+    fn conditioning(&self, opts: &GenerateOptions) -> Result<(Tensor, bool)> {
+        let guided = opts.guidance_scale > 1.0;
+        let b = opts.batch;
+        let text = if guided {
+            let e = self.encode_prompts(&[opts.negative_prompt.as_str(), opts.prompt.as_str()], opts.clip_skip)?;
+            Tensor::cat(&[e.narrow(0, 0, 1).repeat([b, 1, 1]), e.narrow(0, 1, 1).repeat([b, 1, 1])], 0)
+        } else {
+            self.encode_prompts(&[opts.prompt.as_str()], opts.clip_skip)?.repeat([b, 1, 1])
+        };
+        Ok((text.to_kind(self.kind()), guided))
+    }
+
+    /// One guided noise prediction. `extra` (inpainting models) is concatenated to the UNet's input channels.
+    fn predict(
+        &self,
+        sched: &dyn Scheduler,
+        latents: &Tensor,
+        t: f64,
+        text: &Tensor,
+        guided: bool,
+        guidance_scale: f64,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let input = if guided { Tensor::cat(&[latents, latents], 0) } else { latents.shallow_clone() };
+        let mut input = sched.scale_model_input(&input, t)?;
+        if let Some(e) = extra {
+            let e = if guided { Tensor::cat(&[e, e], 0) } else { e.shallow_clone() };
+            input = Tensor::cat(&[&input, &e], 1);
+        }
+        let timestep = Tensor::from(t).to_device(self.device());
+        let out = self.unet.forward(&input.to_kind(self.kind()), &timestep, text)?;
+        Ok(if guided {
+            let parts = out.chunk(2, 0);
+            &parts[0] + (&parts[1] - &parts[0]) * guidance_scale
+        } else {
+            out
+        })
+    }
+
+    /// Decode latents to images in [0, 1] on the CPU (f32).
+    ///
+    /// # Shapes
+    /// - `latents`: [batch, latent_channels, h, w] -> [batch, 3, h * f, w * f]
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let x = tch::no_grad(|| self.vae.decode_latents(&latents.to_kind(self.vae_kind())))?;
+        Ok((x.to_kind(Kind::Float) / 2.0 + 0.5).clamp(0.0, 1.0).to_device(Device::Cpu))
+    }
+
+    /// Latents of images in [0, 1], drawn from the posterior with the CPU generator (as diffusers'
+    /// `retrieve_latents(..., sample_mode="sample")`), times the scaling factor.
+    fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
+        let x = (images.to_device(self.device()).to_kind(self.vae_kind()) * 2.0 - 1.0).contiguous();
+        let post = tch::no_grad(|| self.vae.encode(&x))?;
+        let eps = randn(&post.mean.size(), self.device(), post.mean.kind());
+        let z = &post.mean + post.std() * eps;
+        Ok(((z - self.config.vae.shift_factor.unwrap_or(0.0)) * self.config.vae.scaling_factor).to_kind(self.kind()))
+    }
+
+    fn check_images(&self, images: &Tensor, what: &str, channels: i64) -> Result<(i64, i64, i64)> {
+        let s = images.size();
+        let f = self.vae_factor();
+        match s.as_slice() {
+            &[b, c, h, w] if c == channels && h % f == 0 && w % f == 0 && h > 0 && w > 0 => Ok((b, h, w)),
+            _ => Err(DiffusionError::Shape(format!(
+                "{what}: expected [batch, {channels}, h, w] with h and w multiples of {f}, got {s:?}"
+            ))),
+        }
+    }
+
+    /// Text-to-image.
+    ///
+    /// # Shapes
+    /// - returns latents [batch, latent_channels, h / f, w / f] and images [batch, 3, h, w]
+    pub fn txt2img(&self, opts: &GenerateOptions) -> Result<Generated> {
+        self.check_options(opts)?;
+        if self.config.unet.in_channels != self.config.vae.latent_channels {
+            return Err(DiffusionError::Config(format!(
+                "this UNet takes {} input channels (an inpainting model): use inpaint",
+                self.config.unet.in_channels
+            )));
+        }
+        let (h, w) = self.size(opts)?;
+        let f = self.vae_factor();
+        let (_, mut sched) = self.scheduler(opts)?;
+        tch::manual_seed(opts.seed as i64);
+        let shape = [opts.batch, self.config.vae.latent_channels, h / f, w / f];
+        let latents = randn(&shape, self.device(), Kind::Float) * sched.init_noise_sigma();
+        let timesteps = sched.timesteps().to_vec();
+        self.denoise(opts, sched.as_mut(), latents, &timesteps, None)
+    }
+
+    fn denoise(
+        &self,
+        opts: &GenerateOptions,
+        sched: &mut dyn Scheduler,
+        mut latents: Tensor,
+        timesteps: &[f64],
+        inpaint: Option<&Inpaint>,
+    ) -> Result<Generated> {
+        let (text, guided) = self.conditioning(opts)?;
+        tch::no_grad(|| -> Result<()> {
+            for (i, &t) in timesteps.iter().enumerate() {
+                let extra = inpaint.and_then(|p| p.extra.as_ref());
+                let eps = self.predict(sched, &latents, t, &text, guided, opts.guidance_scale, extra)?;
+                latents = sched.step(&eps.to_kind(Kind::Float), t, &latents.to_kind(Kind::Float))?;
+                if let Some(p) = inpaint.filter(|p| p.extra.is_none()) {
+                    // A plain model repaints the masked region only: the known region is the image's latents
+                    // noised to the next timestep (diffusers' StableDiffusionInpaintPipeline, 4-channel UNets).
+                    let known = match timesteps.get(i + 1) {
+                        Some(&next) => sched.add_noise(&p.image_latents, &p.noise, &Tensor::from(next))?,
+                        None => p.image_latents.shallow_clone(),
+                    };
+                    latents = &known * (1.0 - &p.mask) + &latents * &p.mask;
+                }
+            }
+            Ok(())
+        })?;
+        let images = self.decode(&latents)?;
+        Ok(Generated { latents, images, timesteps: timesteps.to_vec() })
+    }
+
+    /// The timesteps image-to-image and inpainting visit at `strength` (diffusers' `get_timesteps`): the last
+    /// `floor(steps * strength)` of the schedule.
+    fn strength_timesteps(kind: SchedulerKind, sched: &dyn Scheduler, steps: usize, strength: f64) -> Result<Vec<f64>> {
+        if !(strength > 0.0 && strength <= 1.0) {
+            return Err(DiffusionError::Config(format!("strength must be in (0, 1], got {strength}")));
+        }
+        let init = ((steps as f64 * strength) as usize).min(steps);
+        if init == 0 {
+            return Err(DiffusionError::Config(format!(
+                "strength {strength} of {steps} steps leaves no step to take: raise --strength or --steps"
+            )));
+        }
+        let order = if kind == SchedulerKind::Heun { 2 } else { 1 };
+        let start = (steps - init) * order;
+        Ok(sched.timesteps()[start.min(sched.timesteps().len())..].to_vec())
+    }
+
+    /// Image-to-image (SDEdit): noise the image's latents to `strength` of the schedule, then denoise with the
+    /// prompt.
+    ///
+    /// # Shapes
+    /// - `images`: [batch, 3, h, w] in [0, 1] -> images [batch, 3, h, w]
+    pub fn img2img(&self, opts: &GenerateOptions, images: &Tensor, strength: f64) -> Result<Generated> {
+        self.check_options(opts)?;
+        let (b, _, _) = self.check_images(images, "img2img image", 3)?;
+        let opts = GenerateOptions { batch: b, ..opts.clone() };
+        let (kind, mut sched) = self.scheduler(&opts)?;
+        let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
+        tch::manual_seed(opts.seed as i64);
+        let init = self.encode_images(images)?.to_kind(Kind::Float);
+        let noise = randn(&init.size(), self.device(), Kind::Float);
+        let latents = sched.add_noise(&init, &noise, &Tensor::from(timesteps[0]))?;
+        self.denoise(&opts, sched.as_mut(), latents, &timesteps, None)
+    }
+
+    /// Inpainting: regenerate where `mask` is 1 (white, as in diffusers), keep the rest. Inpainting UNets (9
+    /// input channels: latents, mask, masked-image latents) see the mask and the masked image; other UNets
+    /// repaint by replacing the known region with the image's noised latents after every step.
+    ///
+    /// # Shapes
+    /// - `images`: [batch, 3, h, w] in [0, 1]; `mask`: [batch or 1, 1, h, w] in [0, 1] -> images [batch, 3, h, w]
+    pub fn inpaint(&self, opts: &GenerateOptions, images: &Tensor, mask: &Tensor, strength: f64) -> Result<Generated> {
+        self.check_options(opts)?;
+        let (b, h, w) = self.check_images(images, "inpaint image", 3)?;
+        let ms = mask.size();
+        if !(ms.len() == 4 && (ms[0] == b || ms[0] == 1) && ms[1] == 1 && ms[2] == h && ms[3] == w) {
+            return Err(DiffusionError::Shape(format!("inpaint mask: expected [{b} or 1, 1, {h}, {w}], got {ms:?}")));
+        }
+        let lc = self.config.vae.latent_channels;
+        let unet_in = self.config.unet.in_channels;
+        let model_sees_mask = unet_in == 2 * lc + 1;
+        if !model_sees_mask && unet_in != lc {
+            return Err(DiffusionError::Config(format!(
+                "a UNet with {unet_in} input channels is neither a text-to-image ({lc}) nor an inpainting ({}) model",
+                2 * lc + 1
+            )));
+        }
+        let opts = GenerateOptions { batch: b, ..opts.clone() };
+        let (kind, mut sched) = self.scheduler(&opts)?;
+        let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
+        let f = self.vae_factor();
+        let mask = mask.to_kind(Kind::Float).ge(0.5).to_kind(Kind::Float).expand([b, 1, h, w], false);
+        let masked = images.to_kind(Kind::Float) * mask.less(0.5).to_kind(Kind::Float);
+        let latent_mask = mask.upsample_nearest2d([h / f, w / f], None, None).to_device(self.device());
+
+        tch::manual_seed(opts.seed as i64);
+        let image_latents = self.encode_images(images)?.to_kind(Kind::Float);
+        let noise = randn(&image_latents.size(), self.device(), Kind::Float);
+        let latents = if strength >= 1.0 {
+            &noise * sched.init_noise_sigma()
+        } else {
+            sched.add_noise(&image_latents, &noise, &Tensor::from(timesteps[0]))?
+        };
+        let extra = if model_sees_mask {
+            let masked_latents = self.encode_images(&masked)?;
+            Some(Tensor::cat(&[latent_mask.to_kind(self.kind()), masked_latents], 1))
+        } else {
+            None
+        };
+        let p = Inpaint { image_latents, noise, mask: latent_mask, extra };
+        self.denoise(&opts, sched.as_mut(), latents, &timesteps, Some(&p))
+    }
+}
+
+struct Inpaint {
+    image_latents: Tensor,
+    noise: Tensor,
+    mask: Tensor,
+    extra: Option<Tensor>,
+}
