@@ -390,13 +390,8 @@ pub fn check_model_file(path: &Path) -> Result<()> {
         f.read_exact(&mut header)?;
         let v: serde_json::Value = serde_json::from_slice(&header)
             .with_context(|| format!("{}: the safetensors header is not JSON", path.display()))?;
-        let end = v
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
-            .max()
-            .unwrap_or(0);
+        let end =
+            v.as_object().into_iter().flatten().filter_map(|(_, t)| t["data_offsets"][1].as_u64()).max().unwrap_or(0);
         if 8 + n + end != bytes_len {
             bail!(
                 "{}: {bytes_len} bytes, but its header describes {} (truncated or corrupt download)",
@@ -427,10 +422,8 @@ pub fn sd15(root: &Path, fp16: bool, from: Option<&Path>, base: &str) -> Result<
         }
         let dir = target.parent().context("no folder")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let part = target.with_extension(format!(
-            "{}.part",
-            target.extension().and_then(|e| e.to_str()).unwrap_or_default()
-        ));
+        let part =
+            target.with_extension(format!("{}.part", target.extension().and_then(|e| e.to_str()).unwrap_or_default()));
         let got = match from {
             Some(src) => {
                 let s = src.join(&file);
