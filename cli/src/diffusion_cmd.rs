@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use genlab_core::DeviceSpec;
 use genlab_diffusion::latent::{self, install_autoencoder, latent_run_config, load_run, LatentOptions};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
+use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
 use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
 use std::path::PathBuf;
@@ -34,6 +35,12 @@ pub enum DiffusionCommand {
         after_help = "Examples:\n  genlab diffusion img2img --run runs/ddpm-mnist --input sketch.png --strength 0.6 --out out.png\n  genlab diffusion img2img --run runs/ddpm-mnist --input sketch.png --strength 0.4 --sampler euler --steps 30 --out out.png"
     )]
     Img2img(Img2imgFlags),
+    /// Text-to-image with a Stable-Diffusion-compatible model: a diffusers folder (model_index.json, unet/,
+    /// vae/, text_encoder/, tokenizer/, scheduler/) or an original single-file .safetensors checkpoint.
+    #[command(
+        after_help = "Examples:\n  cargo xtask download sd15\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a photo of a cat\" --steps 25 --out cat.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a lighthouse at dusk, oil painting\" --negative-prompt blurry --guidance 7.5 --sampler dpmpp-2m --seed 7 --n 4 --out lighthouses.png --device cuda --dtype fp16\n  genlab diffusion txt2img --model v1-5-pruned-emaonly.safetensors --model-config sd15 --prompt \"a red bicycle\" --out bike.png"
+    )]
+    Txt2img(Txt2imgFlags),
 }
 
 #[derive(Args, Debug)]
@@ -81,9 +88,10 @@ pub struct Guidance {
     /// Class for every sample of a class-conditional model (default: cycle through the classes).
     #[arg(long)]
     class: Option<i64>,
-    /// Classifier-free guidance scale (1: none; needs a --cond model otherwise).
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    /// Classifier-free guidance scale (1: none; needs a --cond model otherwise). Default 1 for a
+    /// --run, 7.5 for a Stable Diffusion --model.
+    #[arg(long)]
+    guidance: Option<f64>,
 }
 
 impl Guidance {
@@ -109,8 +117,10 @@ pub struct SampleFlags {
 #[derive(Args, Debug, Clone)]
 pub struct EditArgs {
     /// Run directory (its newest checkpoint) or a checkpoint folder.
-    #[arg(long)]
-    run: PathBuf,
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    run: Option<PathBuf>,
+    #[command(flatten)]
+    sd: SdArgs,
     /// PNG or JPEG, greyscale for 1-channel models, RGB for 3-channel ones.
     #[arg(long)]
     input: PathBuf,
@@ -132,9 +142,18 @@ pub struct InpaintFlags {
     /// Mask of the input's size: white = keep, black = generate.
     #[arg(long)]
     mask: PathBuf,
-    /// DDPM steps.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
+    /// DDPM steps for a --run (default 100); scheduler steps for a --model (default 50).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// --model: how far to noise the input where it is regenerated, in (0, 1] (1: from pure noise).
+    #[arg(long, default_value_t = 1.0)]
+    strength: f64,
+    /// --model: the scheduler (default: the model's own where genlab has it, else dpmpp-2m).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// The mask is white where to generate (diffusers' convention) instead of white where to keep.
+    #[arg(long)]
+    invert_mask: bool,
     /// RePaint jump length (levels gone back per resampling).
     #[arg(long, default_value_t = 10)]
     jump_length: usize,
@@ -150,10 +169,146 @@ pub struct Img2imgFlags {
     /// How far to noise the input, in (0, 1]: 1 ignores it.
     #[arg(long, default_value_t = 0.6)]
     strength: f64,
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
+    /// Default ddim for a --run; for a --model, the model's own scheduler where genlab has it, else dpmpp-2m.
+    #[arg(long)]
+    sampler: Option<String>,
     #[arg(long, default_value_t = 50)]
     steps: usize,
+}
+
+/// The Stable-Diffusion-compatible model and prompt of `txt2img`, and of `img2img` and `inpaint` with --model.
+#[derive(Args, Debug, Clone)]
+pub struct SdArgs {
+    /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or an original
+    /// single-file .safetensors checkpoint.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// For a single-file --model: its structure, from a diffusers folder's configs or a preset (sd15, sd21;
+    /// default sd15).
+    #[arg(long)]
+    model_config: Option<String>,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// What to guide away from (empty: the unconditional text).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Use the text encoder's output this many layers before the last.
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+    /// Weights in fp32, fp16 (GPU) or bf16; the autoencoder stays fp32 in fp16 where its config says so.
+    #[arg(long, default_value = "fp32")]
+    dtype: genlab_core::Precision,
+    /// Compute attention this many heads at a time (lower peak memory; 0 or absent: all at once).
+    #[arg(long)]
+    attention_slice: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct Txt2imgFlags {
+    #[command(flatten)]
+    sd: SdArgs,
+    /// Output: a PNG (a grid when --n > 1), an .h5 file, or a folder of PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (1: none).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the model's own where genlab has it, else dpmpp-2m).
+    #[arg(long)]
+    sampler: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images to generate.
+    #[arg(long, default_value_t = 1)]
+    n: i64,
+    /// Image height and width in pixels (default: the model's sample size).
+    #[arg(long)]
+    height: Option<i64>,
+    #[arg(long)]
+    width: Option<i64>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
+
+impl SdArgs {
+    fn load(&self, device: tch::Device) -> Result<StableDiffusion> {
+        let Some(model) = &self.model else { bail!("--model is required") };
+        let kind = match self.dtype {
+            genlab_core::Precision::Fp32 => tch::Kind::Float,
+            genlab_core::Precision::Fp16 => tch::Kind::Half,
+            genlab_core::Precision::Bf16 => tch::Kind::BFloat16,
+        };
+        if kind == tch::Kind::Half && device == tch::Device::Cpu {
+            bail!("--dtype fp16 needs a GPU (--device cuda); on the CPU use fp32 or bf16");
+        }
+        let t = std::time::Instant::now();
+        let mut sd = StableDiffusion::load(model, self.model_config.as_deref(), device)?;
+        sd.set_kind(kind);
+        sd.unet.set_attention_slice(self.attention_slice.filter(|&s| s > 0))?;
+        let (te, un, va) = sd.parameter_counts();
+        eprintln!(
+            "loaded {} ({:.1}M text encoder, {:.1}M UNet, {:.1}M autoencoder parameters) in {:.1} s",
+            model.display(),
+            te as f64 / 1e6,
+            un as f64 / 1e6,
+            va as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(sd)
+    }
+
+    fn options(&self, steps: usize, guidance: f64, sampler: Option<&str>, seed: u64) -> Result<GenerateOptions> {
+        Ok(GenerateOptions {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps,
+            guidance_scale: guidance,
+            scheduler: sampler.map(str::parse::<SchedulerKind>).transpose()?,
+            seed,
+            clip_skip: self.clip_skip,
+            ..GenerateOptions::default()
+        })
+    }
+}
+
+/// Images in [0, 1] (an SD pipeline's output) to a PNG (one image as it is, several as a grid), .h5 or folder.
+fn save_generated(images: &Tensor, out: &std::path::Path) -> Result<()> {
+    let single_png = images.size()[0] == 1 && out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if single_png {
+        genlab_core::images::save_png(&genlab_core::images::to_u8(&(images * 2.0 - 1.0)).get(0), out)?;
+    } else {
+        genlab_core::images::save_samples(&(images * 2.0 - 1.0), out, None)?;
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// An RGB image in [0, 1], [1, 3, h, w].
+fn read_rgb01(path: &std::path::Path) -> Result<Tensor> {
+    Ok((read_image(path, 3)? + 1.0) / 2.0)
+}
+
+fn txt2img_cmd(f: Txt2imgFlags) -> Result<()> {
+    let device = f.device.resolve()?;
+    let sd = f.sd.load(device)?;
+    let opts = GenerateOptions {
+        batch: f.n,
+        height: f.height,
+        width: f.width,
+        ..f.sd.options(f.steps, f.guidance, f.sampler.as_deref(), f.seed)?
+    };
+    let t = std::time::Instant::now();
+    let out = sd.txt2img(&opts)?;
+    eprintln!(
+        "{} image(s), {} steps in {:.1} s ({:.2} s/step)",
+        f.n,
+        out.timesteps.len(),
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() / out.timesteps.len().max(1) as f64
+    );
+    save_generated(&out.images, &f.out)
 }
 
 pub fn run(cmd: DiffusionCommand) -> Result<()> {
@@ -162,6 +317,7 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
         DiffusionCommand::Sample(a) => sample_cmd(a),
         DiffusionCommand::Inpaint(a) => inpaint_cmd(a),
         DiffusionCommand::Img2img(a) => img2img_cmd(a),
+        DiffusionCommand::Txt2img(a) => txt2img_cmd(a),
     }
 }
 
@@ -276,7 +432,7 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     let (net, run, ae) = load_run(&a.run, device)?;
     tch::manual_seed(a.seed as i64);
     let labels = f.guidance.labels(a.n);
-    let (labels, g) = (labels.as_ref(), f.guidance.guidance);
+    let (labels, g) = (labels.as_ref(), f.guidance.guidance.unwrap_or(1.0));
     let imgs = match &ae {
         Some(ae) => latent::sample(&net.unet, ae, &run.schedule, kind, f.steps, a.n, labels, g)?,
         None => sample(&net.unet, &run.schedule, kind, f.steps, a.n, labels, g)?,
@@ -300,29 +456,51 @@ fn save_one(image: &Tensor, out: &std::path::Path) -> Result<()> {
 fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     let e = &f.edit;
     let device = e.device.resolve()?;
-    let (net, run, ae) = load_run(&e.run, device)?;
+    let Some(run_dir) = &e.run else {
+        let sd = e.sd.load(device)?;
+        let image = read_rgb01(&e.input)?;
+        // read_mask: 1 = keep; the pipeline takes 1 = generate.
+        let keep = read_mask(&f.mask)?;
+        let mask = if f.invert_mask { keep } else { 1.0 - keep };
+        let g = e.guidance.guidance.unwrap_or(7.5);
+        let opts = e.sd.options(f.steps.unwrap_or(50), g, f.sampler.as_deref(), e.seed)?;
+        let out = sd.inpaint(&opts, &image, &mask, f.strength)?;
+        return save_generated(&out.images, &e.out);
+    };
+    if f.sampler.is_some() || f.invert_mask || f.strength != 1.0 {
+        bail!("--sampler, --strength and --invert-mask apply to a Stable Diffusion --model; a --run inpaints with RePaint");
+    }
+    let (net, run, ae) = load_run(run_dir, device)?;
     let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
     let mask = read_mask(&f.mask)?;
     tch::manual_seed(e.seed as i64);
     let repaint = RePaint { jump_length: f.jump_length, resamplings: f.resamplings };
     let labels = e.guidance.labels(1);
-    let (labels, g) = (labels.as_ref(), e.guidance.guidance);
+    let (labels, g) = (labels.as_ref(), e.guidance.guidance.unwrap_or(1.0));
+    let steps = f.steps.unwrap_or(100);
     let out = match &ae {
-        Some(ae) => latent::inpaint(&net.unet, ae, &run.schedule, &image, &mask, f.steps, repaint, labels, g)?,
-        None => inpaint(&net.unet, &run.schedule, &image, &mask, f.steps, repaint, labels, g)?,
+        Some(ae) => latent::inpaint(&net.unet, ae, &run.schedule, &image, &mask, steps, repaint, labels, g)?,
+        None => inpaint(&net.unet, &run.schedule, &image, &mask, steps, repaint, labels, g)?,
     };
     save_one(&out, &e.out)
 }
 
 fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
     let e = &f.edit;
-    let kind = f.sampler.parse::<SchedulerKind>()?;
     let device = e.device.resolve()?;
-    let (net, run, ae) = load_run(&e.run, device)?;
+    let Some(run_dir) = &e.run else {
+        let sd = e.sd.load(device)?;
+        let image = read_rgb01(&e.input)?;
+        let opts = e.sd.options(f.steps, e.guidance.guidance.unwrap_or(7.5), f.sampler.as_deref(), e.seed)?;
+        let out = sd.img2img(&opts, &image, f.strength)?;
+        return save_generated(&out.images, &e.out);
+    };
+    let kind = f.sampler.as_deref().unwrap_or("ddim").parse::<SchedulerKind>()?;
+    let (net, run, ae) = load_run(run_dir, device)?;
     let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
     tch::manual_seed(e.seed as i64);
     let labels = e.guidance.labels(1);
-    let (labels, g) = (labels.as_ref(), e.guidance.guidance);
+    let (labels, g) = (labels.as_ref(), e.guidance.guidance.unwrap_or(1.0));
     let out = match &ae {
         Some(ae) => latent::img2img(&net.unet, ae, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,
         None => img2img(&net.unet, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,

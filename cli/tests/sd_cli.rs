@@ -1,0 +1,179 @@
+//! `genlab diffusion txt2img`, and `img2img` / `inpaint` with `--model`, on the tiny diffusers models of
+//! `diffusion/tests/reference/sd_tiny.py`: the written image is diffusers' to within one grey level, a
+//! single-file checkpoint writes the same image as its diffusers folder, and bad flags are clear errors.
+#[path = "../../diffusion/tests/common/sd_reference.rs"]
+mod sd_reference;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sd_reference as r;
+
+fn genlab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genlab"));
+    c.env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "genlab failed: {text}");
+    text
+}
+
+fn fail(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "genlab should have failed");
+    assert!(!text.contains("panicked"), "panic instead of an error: {text}");
+    text
+}
+
+/// The settings of sd_tiny.py's text-to-image runs.
+const RUN: &[&str] = &[
+    "--prompt",
+    "a photo of a cat",
+    "--negative-prompt",
+    "blurry",
+    "--steps",
+    "5",
+    "--guidance",
+    "7.5",
+    "--seed",
+    "42",
+    "--device",
+    "cpu",
+];
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_rgb8()
+}
+
+#[test]
+fn txt2img_writes_diffusers_image_and_single_files_give_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = r::dir().join("pipeline");
+    let png = tmp.path().join("cat.png");
+    let text = ok(genlab()
+        .args(["diffusion", "txt2img", "--model"])
+        .arg(&model)
+        .args(RUN)
+        .args(["--sampler", "ddim", "--height", "32", "--width", "32", "--out"])
+        .arg(&png)
+        .output()
+        .unwrap());
+    assert!(text.contains("5 steps"), "{text}");
+    let img = rgb(&png);
+    assert_eq!(img.dimensions(), (32, 32));
+    // diffusers' image in [0, 1], [1, 3, 32, 32] -> HWC bytes as PIL would round them.
+    let want = (r::io("pipeline.ddim.image").get(0).permute([1, 2, 0]) * 255.0).round().to_kind(tch::Kind::Uint8);
+    let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
+    let worst = img.as_raw().iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 1, "pixels differ from diffusers' by up to {worst} levels");
+
+    // The same weights as an original single-file checkpoint, structure from the folder: the same bytes.
+    let single = tmp.path().join("single.png");
+    ok(genlab()
+        .args(["diffusion", "txt2img", "--model"])
+        .arg(r::dir().join("single_file.safetensors"))
+        .arg("--model-config")
+        .arg(&model)
+        .args(RUN)
+        .args(["--sampler", "ddim", "--height", "32", "--width", "32", "--out"])
+        .arg(&single)
+        .output()
+        .unwrap());
+    assert_eq!(rgb(&single).as_raw(), img.as_raw());
+
+    // Several images into a folder, the model's own scheduler and size (16 latents x factor 2).
+    let folder = tmp.path().join("many");
+    ok(genlab()
+        .args(["diffusion", "txt2img", "--n", "2", "--model"])
+        .arg(&model)
+        .args(RUN)
+        .arg("--out")
+        .arg(&folder)
+        .output()
+        .unwrap());
+    let pngs: Vec<_> = std::fs::read_dir(&folder).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(pngs.len(), 2, "{pngs:?}");
+    assert_eq!(rgb(&pngs[0]).dimensions(), (32, 32));
+}
+
+#[test]
+fn img2img_and_inpaint_take_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = r::dir().join("pipeline");
+    let input = tmp.path().join("in.png");
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])).save(&input).unwrap();
+    let mask = tmp.path().join("mask.png");
+    image::GrayImage::from_fn(32, 32, |x, _| image::Luma([if x < 16 { 0 } else { 255 }])).save(&mask).unwrap();
+
+    let out = tmp.path().join("i2i.png");
+    ok(genlab()
+        .args(["diffusion", "img2img", "--strength", "0.6", "--model"])
+        .arg(&model)
+        .args(RUN)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert_eq!(rgb(&out).dimensions(), (32, 32));
+
+    let out = tmp.path().join("inpaint.png");
+    ok(genlab()
+        .args(["diffusion", "inpaint", "--model"])
+        .arg(&model)
+        .args(RUN)
+        .arg("--input")
+        .arg(&input)
+        .arg("--mask")
+        .arg(&mask)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert_eq!(rgb(&out).dimensions(), (32, 32));
+
+    // RePaint-only flags on a --model, and Stable Diffusion flags on a --run, are refused.
+    let e = fail(
+        genlab()
+            .args(["diffusion", "inpaint", "--run", "runs/x", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--mask")
+            .arg(&mask)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("cannot be used with"), "{e}");
+}
+
+#[test]
+fn bad_flags_and_models_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = |args: &[&str]| {
+        fail(genlab().args(["diffusion", "txt2img"]).args(args).arg("--out").arg(&out).output().unwrap())
+    };
+    assert!(run(&["--prompt", "a"]).contains("--model is required"));
+    let e = run(&["--model", "/nonexistent/model", "--device", "cpu"]);
+    assert!(e.contains("/nonexistent/model") && e.contains("not found"), "{e}");
+    let model = r::dir().join("pipeline");
+    let m = model.to_str().unwrap();
+    assert!(run(&["--model", m, "--device", "cpu", "--dtype", "fp16"]).contains("fp16 needs a GPU"));
+    let e = run(&["--model", m, "--device", "cpu", "--sampler", "plms"]);
+    assert!(e.contains("unknown scheduler `plms`"), "{e}");
+    let e = run(&["--model", m, "--device", "cpu", "--height", "33"]);
+    assert!(e.contains("multiples of the autoencoder's factor 2"), "{e}");
+    let e = run(&["--model", m, "--device", "cpu", "--model-config", "sd15"]);
+    assert!(e.contains("carries its own configs"), "{e}");
+    let single = r::dir().join("single_file.safetensors");
+    let e = run(&["--model", single.to_str().unwrap(), "--device", "cpu", "--model-config", "sd99"]);
+    assert!(e.contains("unknown Stable Diffusion preset `sd99`: expected one of sd15, sd21"), "{e}");
+    assert!(!out.exists());
+}
