@@ -30,12 +30,13 @@ pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
         Some("data") => data(libtorch),
         Some("families") => families(libtorch),
         Some("dist") => dist(libtorch, &args[1..]),
+        Some("sd-unet") => sd_unet(libtorch, &args[1..]),
         Some("all") => {
             optim(libtorch)?;
             data(libtorch)?;
             families(libtorch)
         }
-        _ => bail!("usage: cargo xtask bench optim|data|families|dist|all"),
+        _ => bail!("usage: cargo xtask bench optim|data|families|dist|sd-unet|all"),
     }
 }
 
@@ -471,5 +472,116 @@ fn dist(libtorch: &Path, args: &[String]) -> Result<()> {
     let name = if device == "cuda" { "bench/dist-cuda.md" } else { "bench/dist.md" };
     std::fs::write(root.join(name), &md).with_context(|| format!("writing {name}"))?;
     print!("{md}");
+    Ok(())
+}
+
+/// The example binary `cargo build --example` built (dev profile), from cargo's JSON messages.
+fn example_executable(libtorch: &Path, package: &str, example: &str) -> Result<std::path::PathBuf> {
+    let text = output(crate::cargo(libtorch).args([
+        "build",
+        "-q",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    text.lines()
+        .filter(|l| l.contains(&format!("\"name\":\"{example}\"")) && l.contains("\"kind\":[\"example\"]"))
+        .find_map(|l| Some(l.split("\"executable\":\"").nth(1)?.split('"').next()?.to_string()))
+        .map(std::path::PathBuf::from)
+        .with_context(|| format!("cargo built no executable for example `{example}` of {package}"))
+}
+
+/// What one side of `bench sd-unet` reported.
+struct UNetStep {
+    params: f64,
+    s_per_step: f64,
+    peak_rss_mib: f64,
+}
+
+impl UNetStep {
+    fn parse(text: &str, who: &str) -> Result<Self> {
+        let m = parse(text);
+        let get = |k: &str| m.get(k).copied().with_context(|| format!("{who} printed no `{k}`:\n{text}"));
+        Ok(UNetStep { params: get("params")?, s_per_step: get("s_per_step")?, peak_rss_mib: get("peak_rss_mib")? })
+    }
+}
+
+/// `bench sd-unet [--steps N] [--threads T]`: seconds per denoising step of Stable Diffusion 1.5's UNet
+/// (the `sd15` preset, random weights) at 256x256 (latents [2, 4, 32, 32]: one image with classifier-free
+/// guidance; encoder_hidden_states [2, 77, 768]), f32 on the CPU inside no_grad, warm-up 1 then the median
+/// of N steps, from genlab (`diffusion/examples/sd_unet_bench.rs`) and from diffusers 0.42.1's
+/// UNet2DConditionModel (`bench/sd_unet.py`), each in its own process, with the peak memory of each.
+/// Writes bench/sd-unet.md.
+fn sd_unet(libtorch: &Path, args: &[String]) -> Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut steps = 5usize;
+    let mut threads = cores;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--steps" => steps = value()?.parse().context("--steps")?,
+            "--threads" => threads = value()?.parse().context("--threads")?,
+            other => bail!("bench sd-unet: unknown flag {other}; flags: --steps N --threads T"),
+        }
+    }
+    if steps == 0 || threads == 0 {
+        bail!("bench sd-unet: --steps and --threads must be at least 1");
+    }
+    let root = crate::root();
+    let torch = format!("torch=={}", crate::setup::TORCH_VERSION);
+    let py = crate::setup::python_packages(&root, &[&torch, "diffusers==0.42.1"])?;
+    let exe = example_executable(libtorch, "genlab-diffusion", "sd_unet_bench")?;
+    let (steps_s, threads_s) = (steps.to_string(), threads.to_string());
+    let with_env = |mut c: Command| {
+        c.current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("OMP_NUM_THREADS", &threads_s)
+            .env("MKL_NUM_THREADS", &threads_s)
+            .env("OMP_WAIT_POLICY", "PASSIVE");
+        c
+    };
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let mut rust = with_env(Command::new(&exe));
+    rust.args(["--steps", &steps_s, "--threads", &threads_s]);
+    let g = UNetStep::parse(&output(&mut rust)?, "sd_unet_bench")?;
+    let mut python = with_env(Command::new(&py));
+    python.arg(root.join("bench/sd_unet.py")).args(["--steps", &steps_s, "--threads", &threads_s]);
+    python.args(["--expect-params", &format!("{}", g.params)]);
+    let p = UNetStep::parse(&output(&mut python)?, "bench/sd_unet.py")?;
+
+    let mut md = String::new();
+    md.push_str("# Stable Diffusion 1.5 UNet: one denoising step on the CPU\n\n");
+    md.push_str(&format!(
+        "`cargo xtask bench sd-unet --steps {steps} --threads {threads}`. Stable Diffusion 1.5's UNet \
+         ({} parameters, random weights: genlab's `UNet2DConditionConfig::sd15()`, diffusers 0.42.1's \
+         `UNet2DConditionModel` with the same config) at 256x256: latents [2, 4, 32, 32] (one image with \
+         classifier-free guidance), encoder_hidden_states [2, 77, 768], f32, inside no_grad; one warm-up step, then \
+         the median of {steps}. Both on libtorch {} with {threads} thread(s) (OMP_WAIT_POLICY=PASSIVE), each in \
+         its own process (genlab: the dev-profile example `sd_unet_bench`; diffusers: `bench/sd_unet.py`). \
+         Peak memory: the process's VmHWM (a Python process with torch imported starts higher). CPU: {}, {cores} \
+         cores (nproc); load average {load_before} before, {} after; {:.0} s in all (the machine may be shared, \
+         so other load may be in these figures).\n\n",
+        g.params,
+        crate::setup::TORCH_VERSION,
+        cpu_model(),
+        loadavg(),
+        t0.elapsed().as_secs_f64(),
+    ));
+    md.push_str("| side | s / step | peak RSS MiB |\n|---|---:|---:|\n");
+    md.push_str(&format!("| genlab | {:.2} | {:.0} |\n", g.s_per_step, g.peak_rss_mib));
+    md.push_str(&format!("| diffusers (PyTorch eager) | {:.2} | {:.0} |\n", p.s_per_step, p.peak_rss_mib));
+    md.push_str(&format!(
+        "\nRatio (diffusers / genlab): time {:.2}x, memory {:.2}x; above 1 means genlab is faster (smaller).\n",
+        p.s_per_step / g.s_per_step,
+        p.peak_rss_mib / g.peak_rss_mib
+    ));
+    let path = root.join("bench/sd-unet.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    print!("{md}");
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
