@@ -90,6 +90,17 @@ pub fn manual_seed(seed: i64) {
     tch::manual_seed(seed);
 }
 
+/// Run `f` with libtorch's generators seeded `seed`, holding a process-wide lock for its duration so that
+/// seeded work on other threads (that also goes through here) cannot interleave its draws with `f`'s.
+/// libtorch has one default generator per device; draws made without this lock on other threads at the
+/// same time still change `f`'s numbers.
+pub fn with_seed<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +118,26 @@ mod tests {
         fn below_stays_below(seed in any::<u64>(), n in 1u64..1000) {
             let mut r = Rng::new(seed);
             for _ in 0..50 { prop_assert!(r.below(n) < n); }
+        }
+    }
+
+    #[test]
+    fn seeded_draws_on_many_threads_do_not_interleave() {
+        fn draw() -> Vec<f32> {
+            with_seed(5, || {
+                let a = tch::Tensor::randn([64], (tch::Kind::Float, tch::Device::Cpu));
+                let b = tch::Tensor::randn([64], (tch::Kind::Float, tch::Device::Cpu));
+                Vec::<f32>::try_from(tch::Tensor::cat(&[a, b], 0)).unwrap_or_default()
+            })
+        }
+        let want = draw();
+        assert_eq!(want.len(), 128);
+        let threads: Vec<_> =
+            (0..4).map(|_| std::thread::spawn(|| (0..50).map(|_| draw()).collect::<Vec<_>>())).collect();
+        for t in threads {
+            for got in t.join().expect("thread") {
+                assert_eq!(got, want);
+            }
         }
     }
 

@@ -9,6 +9,7 @@ mod sd_reference;
 use std::path::Path;
 
 use anyhow::Result;
+use genlab_core::seed::with_seed;
 use genlab_diffusion::sd::{GenerateOptions, SdConfig, StableDiffusion};
 use genlab_diffusion::{clip::ClipTokenizer, SchedulerKind};
 use sd_reference as r;
@@ -45,8 +46,7 @@ fn check_txt2img(sd: &StableDiffusion, name: &str, sampler: &str, kind: Schedule
 
 #[test]
 fn the_seed_gives_diffusers_initial_latents() {
-    tch::manual_seed(42);
-    let ours = Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu));
+    let ours = with_seed(42, || Tensor::randn([1, 4, 16, 16], (Kind::Float, Device::Cpu)));
     assert!(ours.equal(&r::io("latents_init")), "libtorch's CPU generator differs from torch's");
 }
 
@@ -107,6 +107,23 @@ fn single_file_checkpoints_load_with_the_same_outputs() -> Result<()> {
 }
 
 #[test]
+fn inpainting_matches_diffusers_with_plain_and_inpainting_unets() {
+    let image = r::io("img2img.init_image");
+    let mask = r::io("inpaint.mask");
+    let plain = folder("pipeline");
+    for (key, strength) in [("plain_s100", 1.0), ("plain_s60", 0.6)] {
+        let out = plain.inpaint(&options(SchedulerKind::Ddim), &image, &mask, strength).unwrap();
+        r::assert_close(&format!("inpaint {key}"), &out.images, &r::io(&format!("inpaint.{key}")));
+    }
+    let model = folder("pipeline_inpaint");
+    assert_eq!(model.config.unet.in_channels, 9);
+    let out = model.inpaint(&options(SchedulerKind::Ddim), &image, &mask, 1.0).unwrap();
+    r::assert_close("inpaint with a 9-channel UNet", &out.images, &r::io("inpaint.model_s100"));
+    // An inpainting UNet cannot do plain text-to-image.
+    assert!(model.txt2img(&options(SchedulerKind::Ddim)).unwrap_err().to_string().contains("use inpaint"));
+}
+
+#[test]
 fn inpainting_keeps_the_known_region_and_regenerates_the_rest() {
     let sd = folder("pipeline");
     let image = r::io("img2img.init_image");
@@ -114,10 +131,9 @@ fn inpainting_keeps_the_known_region_and_regenerates_the_rest() {
     // Nothing to regenerate: the result is the autoencoder's reconstruction of the image's latents.
     let none = Tensor::zeros([1, 1, 32, 32], (Kind::Float, Device::Cpu));
     let out = sd.inpaint(&opts, &image, &none, 1.0).unwrap();
-    tch::manual_seed(42);
     let x = &image * 2.0 - 1.0;
     let post = tch::no_grad(|| sd.vae.encode(&x)).unwrap();
-    let z = &post.mean + post.std() * Tensor::randn(post.mean.size(), (Kind::Float, Device::Cpu));
+    let z = &post.mean + post.std() * with_seed(42, || Tensor::randn(post.mean.size(), (Kind::Float, Device::Cpu)));
     r::assert_close("inpaint with an empty mask", &out.latents, &(&z * sd.config.vae.scaling_factor));
     // The left half regenerated: the right half's latents are the image's, the left half's are not.
     let mask = Tensor::zeros([1, 1, 32, 32], (Kind::Float, Device::Cpu));

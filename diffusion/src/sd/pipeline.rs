@@ -6,8 +6,12 @@
 //! Randomness: every draw comes from libtorch's CPU generator seeded with `seed` and is then moved to the
 //! model's device, in diffusers' order (initial latents; for image-to-image the posterior sample, then the
 //! noise), so a seed gives the same latents on CPU and GPU and the same as diffusers with
-//! `generator=torch.Generator().manual_seed(seed)`.
+//! `generator=torch.Generator().manual_seed(seed)`. A call holds genlab-core's seed lock
+//! ([`genlab_core::seed::with_seed`]) throughout, so concurrent calls in one process run one at a time and
+//! each stays reproducible.
 use tch::{Device, Kind, Tensor};
+
+use genlab_core::seed::with_seed;
 
 use crate::error::{DiffusionError, Result};
 use crate::scheduler::{self, Scheduler, SchedulerKind};
@@ -194,11 +198,12 @@ impl StableDiffusion {
         let (h, w) = self.size(opts)?;
         let f = self.vae_factor();
         let (_, mut sched) = self.scheduler(opts)?;
-        tch::manual_seed(opts.seed as i64);
-        let shape = [opts.batch, self.config.vae.latent_channels, h / f, w / f];
-        let latents = randn(&shape, self.device(), Kind::Float) * sched.init_noise_sigma();
-        let timesteps = sched.timesteps().to_vec();
-        self.denoise(opts, sched.as_mut(), latents, &timesteps, None)
+        with_seed(opts.seed as i64, || {
+            let shape = [opts.batch, self.config.vae.latent_channels, h / f, w / f];
+            let latents = randn(&shape, self.device(), Kind::Float) * sched.init_noise_sigma();
+            let timesteps = sched.timesteps().to_vec();
+            self.denoise(opts, sched.as_mut(), latents, &timesteps, None)
+        })
     }
 
     fn denoise(
@@ -259,11 +264,12 @@ impl StableDiffusion {
         let opts = GenerateOptions { batch: b, ..opts.clone() };
         let (kind, mut sched) = self.scheduler(&opts)?;
         let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
-        tch::manual_seed(opts.seed as i64);
-        let init = self.encode_images(images)?.to_kind(Kind::Float);
-        let noise = randn(&init.size(), self.device(), Kind::Float);
-        let latents = sched.add_noise(&init, &noise, &Tensor::from(timesteps[0]))?;
-        self.denoise(&opts, sched.as_mut(), latents, &timesteps, None)
+        with_seed(opts.seed as i64, || {
+            let init = self.encode_images(images)?.to_kind(Kind::Float);
+            let noise = randn(&init.size(), self.device(), Kind::Float);
+            let latents = sched.add_noise(&init, &noise, &Tensor::from(timesteps[0]))?;
+            self.denoise(&opts, sched.as_mut(), latents, &timesteps, None)
+        })
     }
 
     /// Inpainting: regenerate where `mask` is 1 (white, as in diffusers), keep the rest. Inpainting UNets (9
@@ -293,25 +299,34 @@ impl StableDiffusion {
         let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
         let f = self.vae_factor();
         let mask = mask.to_kind(Kind::Float).ge(0.5).to_kind(Kind::Float).expand([b, 1, h, w], false);
-        let masked = images.to_kind(Kind::Float) * mask.less(0.5).to_kind(Kind::Float);
+        // Zero in [-1, 1] (mid grey) where the mask is set, as diffusers masks the normalised image.
+        let masked = ((images.to_kind(Kind::Float) * 2.0 - 1.0) * mask.less(0.5).to_kind(Kind::Float) + 1.0) / 2.0;
         let latent_mask = mask.upsample_nearest2d([h / f, w / f], None, None).to_device(self.device());
 
-        tch::manual_seed(opts.seed as i64);
-        let image_latents = self.encode_images(images)?.to_kind(Kind::Float);
-        let noise = randn(&image_latents.size(), self.device(), Kind::Float);
-        let latents = if strength >= 1.0 {
-            &noise * sched.init_noise_sigma()
-        } else {
-            sched.add_noise(&image_latents, &noise, &Tensor::from(timesteps[0]))?
-        };
-        let extra = if model_sees_mask {
-            let masked_latents = self.encode_images(&masked)?;
-            Some(Tensor::cat(&[latent_mask.to_kind(self.kind()), masked_latents], 1))
-        } else {
-            None
-        };
-        let p = Inpaint { image_latents, noise, mask: latent_mask, extra };
-        self.denoise(&opts, sched.as_mut(), latents, &timesteps, Some(&p))
+        // diffusers' draw order: the image's posterior sample (only when it is needed: a plain UNet, or strength
+        // below 1), the noise, then the masked image's posterior sample (inpainting UNets).
+        with_seed(opts.seed as i64, || {
+            let full = strength >= 1.0;
+            let image_latents = if !model_sees_mask || !full {
+                self.encode_images(images)?.to_kind(Kind::Float)
+            } else {
+                Tensor::zeros([b, lc, h / f, w / f], (Kind::Float, self.device()))
+            };
+            let noise = randn(&[b, lc, h / f, w / f], self.device(), Kind::Float);
+            let latents = if full {
+                &noise * sched.init_noise_sigma()
+            } else {
+                sched.add_noise(&image_latents, &noise, &Tensor::from(timesteps[0]))?
+            };
+            let extra = if model_sees_mask {
+                let masked_latents = self.encode_images(&masked)?;
+                Some(Tensor::cat(&[latent_mask.to_kind(self.kind()), masked_latents], 1))
+            } else {
+                None
+            };
+            let p = Inpaint { image_latents, noise, mask: latent_mask, extra };
+            self.denoise(&opts, sched.as_mut(), latents, &timesteps, Some(&p))
+        })
     }
 }
 

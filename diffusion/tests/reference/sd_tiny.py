@@ -12,6 +12,7 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   (quick_gelu, SD 1.x style) and CLIPTokenizer (vocab.json + merges.txt built from OpenAI's BPE file, as
   Hugging Face's SD tokenizers are), UNet2DConditionModel (conv proj_in/proj_out, one head count for every
   block), AutoencoderKL and DDIMScheduler with Stable Diffusion 1.x's schedule;
+- `pipeline_inpaint/`: `pipeline/`'s components with a 9-channel inpainting UNet (StableDiffusionInpaintPipeline);
 - `pipeline_v2/`: the SD 2.x variant: CLIPTextModel with gelu and "!" padding, UNet2DConditionModel with linear
   projections, per-block head dims and upcast attention, the same VAE, DDIM with v-prediction;
 - `single_file.safetensors` and `single_file_v2.safetensors`: the same weights under the original
@@ -34,6 +35,7 @@ from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -109,10 +111,10 @@ def text_encoder(act):
     return perturb(CLIPTextModel(cfg))
 
 
-def unet(v2):
+def unet(v2, in_channels=4):
     kw = dict(
         sample_size=HEIGHT // 2,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -308,6 +310,21 @@ def main():
         single_file(pipe, os.path.join(tmp, "single_file_v2.safetensors" if v2 else "single_file.safetensors"), v2)
         pipes[name] = pipe
 
+    # An inpainting model: its UNet also sees the mask and the masked image's latents (9 input channels).
+    base = pipes["pipeline"]
+    inpainter = StableDiffusionInpaintPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=unet(False, in_channels=9),
+        scheduler=scheduler(False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    inpainter.set_progress_bar_config(disable=True)
+    inpainter.save_pretrained(os.path.join(tmp, "pipeline_inpaint"), safe_serialization=True)
+
     with torch.no_grad():
         for name, pipe in pipes.items():
             p = name + "."
@@ -370,6 +387,18 @@ def main():
         io["img2img.image"] = i2i(prompt=PROMPT, negative_prompt=NEGATIVE, image=init, strength=0.6,
                                   num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="pt",
                                   generator=torch.Generator().manual_seed(SEED)).images
+
+        # Inpainting, DDIM, the left half regenerated (white = repaint in diffusers): a plain UNet at strength 1
+        # and 0.6 (the known half re-noised after every step), and the 9-channel inpainting UNet at strength 1.
+        mask = torch.zeros(1, 1, HEIGHT, WIDTH)
+        mask[..., : WIDTH // 2] = 1.0
+        io["inpaint.mask"] = mask
+        plain = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+        plain.set_progress_bar_config(disable=True)
+        kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=init, mask_image=mask, height=HEIGHT, width=WIDTH,
+                  num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="pt")
+        for key, p, strength in [("plain_s100", plain, 1.0), ("plain_s60", plain, 0.6), ("model_s100", inpainter, 1.0)]:
+            io[f"inpaint.{key}"] = p(strength=strength, generator=torch.Generator().manual_seed(SEED), **kw).images
 
     save_file({k: v.contiguous().clone() for k, v in io.items()}, os.path.join(tmp, "io.safetensors"))
     with open(os.path.join(tmp, "versions.json"), "w") as f:
