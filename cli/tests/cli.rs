@@ -1,30 +1,12 @@
 //! End to end through the `genlab` binary: the CLI contract, config files, Ctrl-C, resume.
+mod common;
+use common::{fail, genlab, ok};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn genlab() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_genlab"));
-    // Binaries must run without LD_LIBRARY_PATH (rpath).
-    c.env_remove("LD_LIBRARY_PATH");
-    c
-}
-
 fn bin_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_genlab"))
-}
-
-fn ok(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "genlab failed: {text}");
-    text
-}
-
-fn fail(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "genlab should have failed");
-    assert!(!text.contains("panicked"), "panic instead of an error: {text}");
-    text
 }
 
 fn train(out: &Path, extra: &[&str]) -> Command {

@@ -4,29 +4,11 @@
 #[path = "../../diffusion/tests/common/sd_reference.rs"]
 mod sd_reference;
 
+mod common;
+use common::{fail, genlab, ok};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use sd_reference as r;
-
-fn genlab() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_genlab"));
-    c.env_remove("LD_LIBRARY_PATH");
-    c
-}
-
-fn ok(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "genlab failed: {text}");
-    text
-}
-
-fn fail(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "genlab should have failed");
-    assert!(!text.contains("panicked"), "panic instead of an error: {text}");
-    text
-}
 
 /// The settings of sd_tiny.py's text-to-image runs.
 const RUN: &[&str] = &[
