@@ -18,7 +18,8 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
 - `single_file.safetensors` and `single_file_v2.safetensors`: the same weights under the original
   (CompVis / Stability) checkpoint keys, as `scripts/convert_diffusers_to_original_stable_diffusion.py` in the
   diffusers repository writes them (v2: OpenCLIP text keys with fused in_proj and one extra, unused layer),
-  plus buffers that real checkpoints carry and a loader ignores;
+  plus buffers that real checkpoints carry and a loader ignores; each is checked by loading it back with
+  diffusers' `from_single_file` into identical weights;
 - `io.safetensors`: fixed inputs and the reference outputs (names below).
 """
 import argparse
@@ -278,6 +279,18 @@ def single_file(pipe, path, v2):
     save_file({k: v.contiguous() for k, v in sd.items()}, path)
 
 
+def check_single_file(pipe, path, folder):
+    """diffusers' own single-file loader must read the file back into the same weights, so the key layout
+    genlab is tested on is the one real checkpoints have, not only genlab's reading of it."""
+    back = StableDiffusionPipeline.from_single_file(path, config=folder, local_files_only=True, safety_checker=None,
+                                                    requires_safety_checker=False)
+    for comp in ("unet", "vae", "text_encoder"):
+        want, got = getattr(pipe, comp).state_dict(), getattr(back, comp).state_dict()
+        assert set(want) == set(got), (path, comp, set(want) ^ set(got))
+        for k, v in want.items():
+            assert torch.equal(v, got[k].reshape(v.shape)), (path, comp, k)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", required=True, help="OpenAI's bpe_simple_vocab_16e6.txt.gz")
@@ -307,7 +320,9 @@ def main():
         pipe.set_progress_bar_config(disable=True)
         pipe.save_pretrained(os.path.join(tmp, name), safe_serialization=True)
         shutil.rmtree(os.path.join(tmp, "tokenizer_" + name))
-        single_file(pipe, os.path.join(tmp, "single_file_v2.safetensors" if v2 else "single_file.safetensors"), v2)
+        sf = os.path.join(tmp, "single_file_v2.safetensors" if v2 else "single_file.safetensors")
+        single_file(pipe, sf, v2)
+        check_single_file(pipe, sf, os.path.join(tmp, name))
         pipes[name] = pipe
 
     # An inpainting model: its UNet also sees the mask and the masked image's latents (9 input channels).
