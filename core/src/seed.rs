@@ -90,14 +90,24 @@ pub fn manual_seed(seed: i64) {
     tch::manual_seed(seed);
 }
 
+/// The lock [`with_seed`] and [`with_generator_lock`] hold while they run.
+static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Run `f` with libtorch's generators seeded `seed`, holding a process-wide lock for its duration so that
 /// seeded work on other threads (that also goes through here) cannot interleave its draws with `f`'s.
 /// libtorch has one default generator per device; draws made without this lock on other threads at the
-/// same time still change `f`'s numbers.
+/// same time (building a model initialises its weights from it, too) still change `f`'s numbers.
 pub fn with_seed<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = GENERATOR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
+    f()
+}
+
+/// Run `f`, which draws from libtorch's generators without needing particular numbers (initialising a
+/// model that weights will then overwrite), under [`with_seed`]'s lock, so that it cannot consume draws
+/// from a seeded run on another thread.
+pub fn with_generator_lock<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = GENERATOR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     f()
 }
 

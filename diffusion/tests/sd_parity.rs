@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Result;
 use genlab_core::seed::with_seed;
 use genlab_diffusion::sd::{GenerateOptions, SdConfig, StableDiffusion};
-use genlab_diffusion::{clip::ClipTokenizer, SchedulerKind};
+use genlab_diffusion::{clip::ClipTokenizer, SchedulerKind, TimestepSpacing};
 use sd_reference as r;
 use tch::{Device, Kind, Tensor};
 
@@ -79,6 +79,25 @@ fn text_to_image_matches_diffusers_with_ddim_and_dpm_solver() {
     assert_eq!(sd.config.scheduler, Some(SchedulerKind::Ddim));
     check_txt2img(&sd, "pipeline", "ddim", SchedulerKind::Ddim, "SD1 DDIM");
     check_txt2img(&sd, "pipeline", "dpmpp", SchedulerKind::DpmPp2m, "SD1 DPM-Solver++");
+}
+
+#[test]
+fn one_step_euler_with_trailing_timesteps_matches_diffusers() {
+    // SD-Turbo's recipe (its scheduler_config.json says EulerDiscreteScheduler, timestep_spacing "trailing").
+    let mut sd = folder("pipeline");
+    sd.config.schedule.timestep_spacing = Some(TimestepSpacing::Trailing);
+    let opts = GenerateOptions {
+        steps: 1,
+        guidance_scale: 0.0,
+        negative_prompt: String::new(),
+        ..options(SchedulerKind::Euler)
+    };
+    let out = sd.txt2img(&opts).unwrap();
+    let want: Vec<i64> =
+        Vec::<f32>::try_from(r::io("pipeline.turbo.timesteps")).unwrap().iter().map(|t| *t as i64).collect();
+    assert_eq!(out.timesteps.iter().map(|t| *t as i64).collect::<Vec<_>>(), want);
+    r::assert_close("Euler trailing, 1 step, no guidance: latents", &out.latents, &r::io("pipeline.turbo.latents"));
+    r::assert_close("Euler trailing, 1 step, no guidance: images", &out.images, &r::io("pipeline.turbo.image"));
 }
 
 #[test]

@@ -211,9 +211,14 @@ impl StableDiffusion {
         let text_vs = VarStore::new(device);
         let unet_vs = VarStore::new(device);
         let vae_vs = VarStore::new(device);
-        let text_encoder = ClipTextModel::new(text_vs.root(), &config.text_encoder)?;
-        let unet = UNet2DConditionModel::new(unet_vs.root(), &config.unet)?;
-        let vae = AutoencoderKL::new(vae_vs.root(), config.vae.clone())?;
+        // The initial weights come from libtorch's generator: keep them from taking a seeded run's draws.
+        let (text_encoder, unet, vae) = genlab_core::seed::with_generator_lock(|| -> Result<_> {
+            Ok((
+                ClipTextModel::new(text_vs.root(), &config.text_encoder)?,
+                UNet2DConditionModel::new(unet_vs.root(), &config.unet)?,
+                AutoencoderKL::new(vae_vs.root(), config.vae.clone())?,
+            ))
+        })?;
         Ok(StableDiffusion { config, tokenizer, text_encoder, unet, vae, text_vs, unet_vs, vae_vs })
     }
 

@@ -87,9 +87,15 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
 }
 
-/// Assert `rel_l2(a, b) <= 1e-4`, naming what was compared.
+/// Assert `rel_l2(a, b) <= 1e-4` (the acceptance limit for whole pipelines), naming what was compared.
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+    assert_within(what, a, b, 1e-4);
+}
+
+/// Assert `rel_l2(a, b) <= tol`. Single networks on the same libtorch kernels agree far more tightly than
+/// the pipelines' limit, and a tighter bound catches near misses (a tanh-approximated GELU is 3e-5 off).
+pub fn assert_within(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let r = rel_l2(a, b);
-    assert!(r <= 1e-4, "{what}: relative L2 error {r:e} > 1e-4");
+    assert!(r <= tol, "{what}: relative L2 error {r:e} > {tol:e}");
     eprintln!("{what}: relative L2 error {r:.3e}");
 }

@@ -35,6 +35,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -391,9 +392,18 @@ def main():
             io[p + "image"] = pipe(latents=latents.clone(), output_type="pt", **kw).images
             io[p + "timesteps"] = sched.timesteps.clone()
 
+        # SD-Turbo's recipe: Euler with trailing timesteps, one step, no guidance.
+        pipe = pipes["pipeline"]
+        cfg = {k: v for k, v in pipe.scheduler.config.items() if k != "_use_default_values"}
+        pipe.scheduler = EulerDiscreteScheduler.from_config(cfg, timestep_spacing="trailing")
+        kw = dict(prompt=PROMPT, height=HEIGHT, width=WIDTH, num_inference_steps=1, guidance_scale=0.0)
+        io["pipeline.turbo.latents"] = pipe(latents=latents.clone(), output_type="latent", **kw).images
+        io["pipeline.turbo.image"] = pipe(latents=latents.clone(), output_type="pt", **kw).images
+        io["pipeline.turbo.timesteps"] = pipe.scheduler.timesteps.clone()
+
         # Image-to-image, DDIM, strength 0.6: the posterior sample and the noise both come from the generator.
         pipe = pipes["pipeline"]
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler(False)
         i2i = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
         i2i.set_progress_bar_config(disable=True)
         torch.manual_seed(3)
