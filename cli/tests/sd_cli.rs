@@ -104,35 +104,22 @@ fn img2img_and_inpaint_take_a_model() {
     assert_eq!(rgb(&out).dimensions(), (32, 32));
 
     let out = tmp.path().join("inpaint.png");
-    ok(genlab()
-        .args(["diffusion", "inpaint", "--model"])
-        .arg(&model)
-        .args(RUN)
-        .arg("--input")
-        .arg(&input)
-        .arg("--mask")
-        .arg(&mask)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap());
+    let inpaint = |source: &[&str]| {
+        let mut c = genlab();
+        c.args(["diffusion", "inpaint"]).args(source).arg("--input").arg(&input).arg("--mask").arg(&mask);
+        c.arg("--out").arg(&out).output().unwrap()
+    };
+    let m = model.to_str().unwrap();
+    let mut sd_args = vec!["--model", m];
+    sd_args.extend_from_slice(RUN);
+    ok(inpaint(&sd_args));
     assert_eq!(rgb(&out).dimensions(), (32, 32));
 
-    // RePaint-only flags on a --model, and Stable Diffusion flags on a --run, are refused.
-    let e = fail(
-        genlab()
-            .args(["diffusion", "inpaint", "--run", "runs/x", "--model"])
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .arg("--mask")
-            .arg(&mask)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap(),
-    );
+    // --run and --model exclude each other; the scheduler flags of a --model are refused on a --run (RePaint).
+    let e = fail(inpaint(&["--run", "runs/x", "--model", m]));
     assert!(e.contains("cannot be used with"), "{e}");
+    let e = fail(inpaint(&["--run", "runs/x", "--sampler", "ddim"]));
+    assert!(e.contains("apply to a Stable Diffusion --model"), "{e}");
 }
 
 #[test]
