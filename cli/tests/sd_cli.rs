@@ -82,6 +82,26 @@ fn txt2img_writes_diffusers_image_and_single_files_give_the_same() {
 }
 
 #[test]
+fn txt2img_runs_an_sdxl_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("xl.png");
+    // No negative prompt: SDXL guides away from zero embeddings; the folder's own scheduler (Euler).
+    ok(genlab()
+        .args(["diffusion", "txt2img", "--model"])
+        .arg(r::dir().join("pipeline_xl"))
+        .args(["--prompt", "a photo of a cat", "--steps", "5", "--guidance", "5", "--seed", "42", "--device", "cpu"])
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap());
+    let want = (r::io("xl.zeros.image").get(0).permute([1, 2, 0]) * 255.0).round().to_kind(tch::Kind::Uint8);
+    let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
+    let img = rgb(&png);
+    let worst = img.as_raw().iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 1, "pixels differ from diffusers' SDXL image by up to {worst} levels");
+}
+
+#[test]
 fn img2img_and_inpaint_take_a_model() {
     let tmp = tempfile::tempdir().unwrap();
     let model = r::dir().join("pipeline");

@@ -101,6 +101,30 @@ fn one_step_euler_with_trailing_timesteps_matches_diffusers() {
 }
 
 #[test]
+fn sdxl_style_text_to_image_matches_diffusers() {
+    let sd = folder("pipeline_xl");
+    assert!(sd.text_encoder_2.is_some() && sd.unet.takes_added_conditioning());
+    assert_eq!(sd.config.scheduler, Some(SchedulerKind::Euler));
+    // The second encoder alone: its penultimate layer and pooled projection.
+    let ids = sd.tokenizer_2.as_ref().unwrap().encode_batch(&["a photo of a cat"]);
+    let (hidden, pooled) = sd.text_encoder_2.as_ref().unwrap().penultimate_and_pooled(&ids, 0).unwrap();
+    r::assert_within("SDXL text_encoder_2 penultimate", &hidden, &r::io("xl.text2.penultimate"), 1e-6);
+    r::assert_within("SDXL text_encoder_2 text_embeds", &pooled.unwrap(), &r::io("xl.text2.text_embeds"), 1e-6);
+    // Whole runs: with a negative prompt, and with none (zero negative conditioning).
+    for (key, negative) in [("negative", "blurry"), ("zeros", "")] {
+        let opts = GenerateOptions {
+            guidance_scale: 5.0,
+            negative_prompt: negative.into(),
+            scheduler: None,
+            ..options(SchedulerKind::Euler)
+        };
+        let out = sd.txt2img(&opts).unwrap();
+        r::assert_close(&format!("SDXL Euler, {key}: latents"), &out.latents, &r::io(&format!("xl.{key}.latents")));
+        r::assert_close(&format!("SDXL Euler, {key}: images"), &out.images, &r::io(&format!("xl.{key}.image")));
+    }
+}
+
+#[test]
 fn sd2_style_text_to_image_matches_diffusers() {
     // gelu text encoder padded with "!", linear projections, per-block head dims, upcast attention, v-prediction.
     let sd = folder("pipeline_v2");

@@ -186,7 +186,7 @@ fn unsupported_config_values_are_named() {
     for (key, value, want) in [
         ("class_embed_type", serde_json::json!("timestep"), "class_embed_type = \"timestep\""),
         ("resnet_time_scale_shift", serde_json::json!("scale_shift"), "resnet_time_scale_shift = \"scale_shift\""),
-        ("addition_embed_type", serde_json::json!("text_time"), "addition_embed_type"),
+        ("addition_embed_type", serde_json::json!("text_image"), "addition_embed_type = \"text_image\""),
         ("time_cond_proj_dim", serde_json::json!(256), "time_cond_proj_dim = 256"),
         (
             "down_block_types",

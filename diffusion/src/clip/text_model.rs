@@ -77,6 +77,14 @@ pub struct ClipTextConfig {
     /// `quick_gelu` or `gelu` (see [`ClipActivation`]).
     pub hidden_act: String,
     pub layer_norm_eps: f64,
+    /// `["CLIPTextModelWithProjection"]` adds the `text_projection` of the pooled output (SDXL's second
+    /// text encoder); anything else is the plain `CLIPTextModel`.
+    pub architectures: Vec<String>,
+    /// The width of `text_projection`'s output.
+    pub projection_dim: i64,
+    /// Where the pooled output is taken: the first position of this id, or (the legacy value 2) the
+    /// position of the largest id, as transformers does.
+    pub eos_token_id: i64,
 }
 
 impl Default for ClipTextConfig {
@@ -91,6 +99,9 @@ impl Default for ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            architectures: Vec::new(),
+            projection_dim: 512,
+            eos_token_id: 2,
         }
     }
 }
@@ -109,6 +120,9 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            architectures: vec!["CLIPTextModel".into()],
+            projection_dim: 768,
+            eos_token_id: 2,
         }
     }
 
@@ -124,6 +138,9 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "gelu".into(),
             layer_norm_eps: 1e-5,
+            architectures: vec!["CLIPTextModel".into()],
+            projection_dim: 512,
+            eos_token_id: 2,
         }
     }
 
@@ -250,12 +267,14 @@ impl ClipEncoderLayer {
     }
 }
 
-/// transformers' `CLIPTextModel` (its `text_model`, a `CLIPTextTransformer`), hidden states only.
+/// transformers' `CLIPTextModel` (its `text_model`, a `CLIPTextTransformer`), hidden states only, or
+/// `CLIPTextModelWithProjection` (with `text_projection` of the pooled output) when the config says so.
 pub struct ClipTextModel {
     token_embedding: nn::Embedding,
     position_embedding: nn::Embedding,
     layers: Vec<ClipEncoderLayer>,
     final_layer_norm: nn::LayerNorm,
+    text_projection: Option<nn::Linear>,
     cfg: ClipTextConfig,
     device: Device,
 }
@@ -282,11 +301,17 @@ impl ClipTextModel {
             vec![cfg.hidden_size],
             nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
         );
+        let with_projection = cfg.architectures.iter().any(|a| a == "CLIPTextModelWithProjection");
+        let text_projection = with_projection.then(|| {
+            let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+            nn::linear(&vs / "text_projection", cfg.hidden_size, cfg.projection_dim, no_bias)
+        });
         Ok(Self {
             token_embedding,
             position_embedding,
             layers,
             final_layer_norm,
+            text_projection,
             cfg: cfg.clone(),
             device: vs.device(),
         })
@@ -330,6 +355,53 @@ impl ClipTextModel {
             xs = layer.forward(&xs);
         }
         Ok(xs.apply(&self.final_layer_norm))
+    }
+
+    /// What SDXL's pipeline takes from each text encoder: the hidden state `clip_skip + 2` from the end of
+    /// transformers' `hidden_states` (the output of the first `num_hidden_layers - 1 - clip_skip` layers, no
+    /// final LayerNorm), and, for a model with `text_projection`, the projected pooled output (the final
+    /// LayerNorm's output at the end token, see [`ClipTextConfig::eos_token_id`]).
+    ///
+    /// # Shapes
+    /// - `input_ids`: [batch, seq] -> hidden [batch, seq, hidden_size], pooled [batch, projection_dim]
+    pub fn penultimate_and_pooled(&self, input_ids: &Tensor, clip_skip: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let n = self.layers.len();
+        if clip_skip + 1 > n {
+            return Err(DiffusionError::Unsupported(format!(
+                "clip_skip {clip_skip}: the text model has only {n} layers (expected 0..={})",
+                n.saturating_sub(1)
+            )));
+        }
+        let ids = self.check_ids(input_ids)?;
+        let seq = ids.size()[1];
+        let mut xs = ids.apply(&self.token_embedding) + self.position_embedding.ws.narrow(0, 0, seq);
+        let mut hidden = xs.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs);
+            if i + 2 + clip_skip == n {
+                hidden = xs.shallow_clone();
+            }
+        }
+        if n == 1 + clip_skip {
+            // hidden_states[-(clip_skip + 2)] is then the embeddings.
+            hidden = ids.apply(&self.token_embedding) + self.position_embedding.ws.narrow(0, 0, seq);
+        }
+        let pooled = match &self.text_projection {
+            None => None,
+            Some(proj) => {
+                let last = xs.apply(&self.final_layer_norm);
+                let ids64 = ids.to_kind(Kind::Int64);
+                let pos = if self.cfg.eos_token_id == 2 {
+                    ids64.argmax(-1, false)
+                } else {
+                    ids64.eq(self.cfg.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+                };
+                let rows = Tensor::arange(last.size()[0], (Kind::Int64, last.device()));
+                let pooled = last.index(&[Some(rows), Some(pos)]);
+                Some(pooled.apply(proj))
+            }
+        };
+        Ok((hidden, pooled))
     }
 
     /// The ids on the model's device, or an error saying why they cannot be embedded.
@@ -397,7 +469,13 @@ impl ClipTextModel {
 pub fn normalize_names(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     named
         .into_iter()
-        .map(|(n, t)| if n.starts_with(PREFIX) { (n, t) } else { (format!("{PREFIX}{n}"), t) })
+        .map(|(n, t)| {
+            if n.starts_with(PREFIX) || n.starts_with("text_projection.") {
+                (n, t)
+            } else {
+                (format!("{PREFIX}{n}"), t)
+            }
+        })
         .filter(|(n, _)| n != "text_model.embeddings.position_ids")
         .collect()
 }

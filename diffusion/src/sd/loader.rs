@@ -107,6 +107,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 #[derive(Debug, Clone)]
 pub struct SdConfig {
     pub text_encoder: ClipTextConfig,
+    /// SDXL's second text encoder (`text_encoder_2/`, with a projection); `None` for SD 1.x and 2.x.
+    pub text_encoder_2: Option<ClipTextConfig>,
+    /// SDXL: with no negative prompt, guide away from zero embeddings instead of those of "" (diffusers'
+    /// `force_zeros_for_empty_prompt`, from model_index.json).
+    pub force_zeros_for_empty_prompt: bool,
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     pub schedule: ScheduleConfig,
@@ -119,6 +124,8 @@ impl SdConfig {
     pub fn sd15() -> Self {
         SdConfig {
             text_encoder: ClipTextConfig::sd15(),
+            text_encoder_2: None,
+            force_zeros_for_empty_prompt: false,
             unet: UNet2DConditionConfig::sd15(),
             vae: AutoencoderKLConfig::sd15(),
             schedule: ScheduleConfig::stable_diffusion_v1(),
@@ -130,6 +137,8 @@ impl SdConfig {
     pub fn sd21() -> Self {
         SdConfig {
             text_encoder: ClipTextConfig::sd21(),
+            text_encoder_2: None,
+            force_zeros_for_empty_prompt: false,
             unet: UNet2DConditionConfig::sd21(),
             vae: AutoencoderKLConfig::sd15(),
             schedule: ScheduleConfig::stable_diffusion_v2(),
@@ -158,8 +167,11 @@ impl SdConfig {
                 "file not found: a diffusers model folder has model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/",
             ));
         }
-        let _: serde_json::Value = read_json(&index)?;
+        let model_index: serde_json::Value = read_json(&index)?;
         let text_encoder = ClipTextConfig::from_json_file(&dir.join("text_encoder/config.json"))?;
+        let te2 = dir.join("text_encoder_2/config.json");
+        let text_encoder_2 = if te2.is_file() { Some(ClipTextConfig::from_json_file(&te2)?) } else { None };
+        let force_zeros_for_empty_prompt = model_index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(false);
         let unet = UNet2DConditionConfig::from_json_file(&dir.join("unet/config.json"))?;
         let vae = AutoencoderKLConfig::from_json_file(&dir.join("vae/config.json"))?;
         let sched_path = dir.join("scheduler/scheduler_config.json");
@@ -171,7 +183,15 @@ impl SdConfig {
             class: String,
         }
         let class: Class = read_json(&sched_path)?;
-        Ok(SdConfig { text_encoder, unet, vae, schedule, scheduler: scheduler_for_class(&class.class) })
+        Ok(SdConfig {
+            text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
+            unet,
+            vae,
+            schedule,
+            scheduler: scheduler_for_class(&class.class),
+        })
     }
 }
 
@@ -193,9 +213,13 @@ pub struct StableDiffusion {
     pub config: SdConfig,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and text encoder.
+    pub tokenizer_2: Option<ClipTokenizer>,
+    pub text_encoder_2: Option<ClipTextModel>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     text_vs: VarStore,
+    text2_vs: VarStore,
     unet_vs: VarStore,
     vae_vs: VarStore,
 }
@@ -207,37 +231,73 @@ impl std::fmt::Debug for StableDiffusion {
 }
 
 impl StableDiffusion {
-    fn build(config: SdConfig, tokenizer: ClipTokenizer, device: Device) -> Result<Self> {
+    fn build(
+        config: SdConfig,
+        tokenizer: ClipTokenizer,
+        tokenizer_2: Option<ClipTokenizer>,
+        device: Device,
+    ) -> Result<Self> {
         let text_vs = VarStore::new(device);
+        let text2_vs = VarStore::new(device);
         let unet_vs = VarStore::new(device);
         let vae_vs = VarStore::new(device);
         // The initial weights come from libtorch's generator: keep them from taking a seeded run's draws.
-        let (text_encoder, unet, vae) = genlab_core::seed::with_generator_lock(|| -> Result<_> {
+        let (text_encoder, text_encoder_2, unet, vae) = genlab_core::seed::with_generator_lock(|| -> Result<_> {
             Ok((
                 ClipTextModel::new(text_vs.root(), &config.text_encoder)?,
+                config.text_encoder_2.as_ref().map(|c| ClipTextModel::new(text2_vs.root(), c)).transpose()?,
                 UNet2DConditionModel::new(unet_vs.root(), &config.unet)?,
                 AutoencoderKL::new(vae_vs.root(), config.vae.clone())?,
             ))
         })?;
-        Ok(StableDiffusion { config, tokenizer, text_encoder, unet, vae, text_vs, unet_vs, vae_vs })
+        if text_encoder_2.is_some() != tokenizer_2.is_some() {
+            return Err(DiffusionError::Config(
+                "a second text encoder needs a second tokenizer (SDXL's tokenizer_2/)".into(),
+            ));
+        }
+        if unet.takes_added_conditioning() && text_encoder_2.is_none() {
+            return Err(DiffusionError::Unsupported(
+                "this UNet takes SDXL's added conditioning, which comes from a second text encoder (text_encoder_2/)"
+                    .into(),
+            ));
+        }
+        Ok(StableDiffusion {
+            config,
+            tokenizer,
+            text_encoder,
+            tokenizer_2,
+            text_encoder_2,
+            unet,
+            vae,
+            text_vs,
+            text2_vs,
+            unet_vs,
+            vae_vs,
+        })
     }
 
     /// Load a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
     pub fn from_dir(dir: &Path, device: Device) -> Result<Self> {
         let config = SdConfig::from_dir(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let sd = Self::build(config, tokenizer, device)?;
+        let tokenizer_2 = match config.text_encoder_2 {
+            Some(_) => Some(ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?),
+            None => None,
+        };
+        let sd = Self::build(config, tokenizer, tokenizer_2, device)?;
         let (text, _) = read_weights(&dir.join("text_encoder"), "model")?;
         let (unet, _) = read_weights(&dir.join("unet"), "diffusion_pytorch_model")?;
         let (vae, _) = read_weights(&dir.join("vae"), "diffusion_pytorch_model")?;
-        fill_all(
-            dir,
-            &[
-                ("text_encoder", &sd.text_vs, text_model::normalize_names(text)),
-                ("unet", &sd.unet_vs, unet),
-                ("vae", &sd.vae_vs, vae),
-            ],
-        )?;
+        let mut parts = vec![
+            ("text_encoder", &sd.text_vs, text_model::normalize_names(text)),
+            ("unet", &sd.unet_vs, unet),
+            ("vae", &sd.vae_vs, vae),
+        ];
+        if sd.text_encoder_2.is_some() {
+            let (text2, _) = read_weights(&dir.join("text_encoder_2"), "model")?;
+            parts.push(("text_encoder_2", &sd.text2_vs, text_model::normalize_names(text2)));
+        }
+        fill_all(dir, &parts)?;
         Ok(sd)
     }
 
@@ -252,8 +312,14 @@ impl StableDiffusion {
                 "only .safetensors single-file checkpoints are read (a pickled .ckpt can run code when opened: convert it first)",
             ));
         }
+        if config.text_encoder_2.is_some() {
+            return Err(model_err(
+                path,
+                "single-file SDXL checkpoints are not read yet: load SDXL from its diffusers folder",
+            ));
+        }
         let named = read_safetensors(path)?;
-        let sd = Self::build(config, tokenizer, device)?;
+        let sd = Self::build(config, tokenizer, None, device)?;
         let file: HashMap<String, Tensor> = named.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
         let mut used = HashSet::new();
 
@@ -342,6 +408,7 @@ impl StableDiffusion {
     /// (`force_upcast`, as diffusers does for SD's VAE, which overflows in f16).
     pub fn set_kind(&mut self, kind: Kind) {
         self.text_vs.set_kind(kind);
+        self.text2_vs.set_kind(kind);
         self.unet_vs.set_kind(kind);
         if !(kind == Kind::Half && self.config.vae.force_upcast) {
             self.vae_vs.set_kind(kind);
@@ -362,9 +429,9 @@ impl StableDiffusion {
         self.unet_vs.device()
     }
 
-    /// Number of parameters of (text encoder, UNet, autoencoder).
+    /// Number of parameters of (text encoders, UNet, autoencoder).
     pub fn parameter_counts(&self) -> (i64, i64, i64) {
-        let n = |vs: &VarStore| vs.variables().values().map(|t| t.numel() as i64).sum();
-        (n(&self.text_vs), n(&self.unet_vs), n(&self.vae_vs))
+        let n = |vs: &VarStore| vs.variables().values().map(|t| t.numel() as i64).sum::<i64>();
+        (n(&self.text_vs) + n(&self.text2_vs), n(&self.unet_vs), n(&self.vae_vs))
     }
 }

@@ -21,7 +21,9 @@ use crate::sd::loader::StableDiffusion;
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub prompt: String,
-    /// The prompt guided away from (diffusers' `negative_prompt`; empty = the unconditional text).
+    /// The prompt guided away from (diffusers' `negative_prompt`). Empty means none: the embedding of ""
+    /// for SD 1.x and 2.x, zero embeddings for SDXL models whose model_index.json sets
+    /// `force_zeros_for_empty_prompt`.
     pub negative_prompt: String,
     /// Images per call.
     pub batch: i64,
@@ -114,16 +116,58 @@ impl StableDiffusion {
     }
 
     /// The conditioning: [negative x batch, prompt x batch] with guidance, [prompt x batch] without.
-    fn conditioning(&self, opts: &GenerateOptions) -> Result<(Tensor, bool)> {
+    fn conditioning(&self, opts: &GenerateOptions, h: i64, w: i64) -> Result<Conditioning> {
         let guided = opts.guidance_scale > 1.0;
         let b = opts.batch;
-        let text = if guided {
-            let e = self.encode_prompts(&[opts.negative_prompt.as_str(), opts.prompt.as_str()], opts.clip_skip)?;
-            Tensor::cat(&[e.narrow(0, 0, 1).repeat([b, 1, 1]), e.narrow(0, 1, 1).repeat([b, 1, 1])], 0)
-        } else {
-            self.encode_prompts(&[opts.prompt.as_str()], opts.clip_skip)?.repeat([b, 1, 1])
+        // Each tensor repeated `b` times along its first dimension.
+        let rep = |t: &Tensor| {
+            let mut times = vec![1i64; t.dim()];
+            times[0] = b;
+            t.repeat(times)
         };
-        Ok((text.to_kind(self.kind()), guided))
+        let pair = |neg: &Tensor, pos: &Tensor| if guided { Tensor::cat(&[rep(neg), rep(pos)], 0) } else { rep(pos) };
+        if self.text_encoder_2.is_none() {
+            let text = if guided {
+                let e = self.encode_prompts(&[opts.negative_prompt.as_str(), opts.prompt.as_str()], opts.clip_skip)?;
+                pair(&e.narrow(0, 0, 1), &e.narrow(0, 1, 1))
+            } else {
+                let e = self.encode_prompts(&[opts.prompt.as_str()], opts.clip_skip)?;
+                pair(&e, &e)
+            };
+            return Ok(Conditioning { text: text.to_kind(self.kind()), added: None, guided });
+        }
+        // SDXL: both encoders' penultimate layers side by side, the second's pooled projection, and the size ids
+        // (original size = target size = the output size, no crop).
+        let (pos, pos_pooled) = self.sdxl_embed(&opts.prompt, opts.clip_skip)?;
+        let (neg, neg_pooled) = if opts.negative_prompt.is_empty() && self.config.force_zeros_for_empty_prompt {
+            (pos.zeros_like(), pos_pooled.zeros_like())
+        } else {
+            self.sdxl_embed(&opts.negative_prompt, opts.clip_skip)?
+        };
+        let ids = Tensor::from_slice(&[h as f32, w as f32, 0.0, 0.0, h as f32, w as f32])
+            .view([1, 6])
+            .to_device(self.device());
+        let text = pair(&neg, &pos).to_kind(self.kind());
+        let pooled = pair(&neg_pooled, &pos_pooled).to_kind(self.kind());
+        let ids = pair(&ids, &ids).to_kind(self.kind());
+        Ok(Conditioning { text, added: Some((pooled, ids)), guided })
+    }
+
+    /// SDXL's prompt embedding: [1, 77, hidden_1 + hidden_2] and the pooled projection [1, projection_dim].
+    fn sdxl_embed(&self, prompt: &str, clip_skip: usize) -> Result<(Tensor, Tensor)> {
+        let (Some(tok2), Some(te2)) = (&self.tokenizer_2, &self.text_encoder_2) else {
+            return Err(DiffusionError::Config("SDXL needs tokenizer_2 and text_encoder_2".into()));
+        };
+        tch::no_grad(|| {
+            let ids1 = self.tokenizer.encode_batch(&[prompt]).to_device(self.device());
+            let ids2 = tok2.encode_batch(&[prompt]).to_device(self.device());
+            let (h1, _) = self.text_encoder.penultimate_and_pooled(&ids1, clip_skip)?;
+            let (h2, pooled) = te2.penultimate_and_pooled(&ids2, clip_skip)?;
+            let pooled = pooled.ok_or_else(|| {
+                DiffusionError::Config("SDXL's second text encoder must be a CLIPTextModelWithProjection".into())
+            })?;
+            Ok((Tensor::cat(&[h1, h2], -1), pooled))
+        })
     }
 
     /// One guided noise prediction. `extra` (inpainting models) is concatenated to the UNet's input channels.
@@ -132,11 +176,11 @@ impl StableDiffusion {
         sched: &dyn Scheduler,
         latents: &Tensor,
         t: f64,
-        text: &Tensor,
-        guided: bool,
+        cond: &Conditioning,
         guidance_scale: f64,
         extra: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let guided = cond.guided;
         let input = if guided { Tensor::cat(&[latents, latents], 0) } else { latents.shallow_clone() };
         let mut input = sched.scale_model_input(&input, t)?;
         if let Some(e) = extra {
@@ -144,7 +188,8 @@ impl StableDiffusion {
             input = Tensor::cat(&[&input, &e], 1);
         }
         let timestep = Tensor::from(t).to_device(self.device());
-        let out = self.unet.forward(&input.to_kind(self.kind()), &timestep, text)?;
+        let added = cond.added.as_ref().map(|(p, i)| (p, i));
+        let out = self.unet.forward_added(&input.to_kind(self.kind()), &timestep, &cond.text, added)?;
         Ok(if guided {
             let parts = out.chunk(2, 0);
             &parts[0] + (&parts[1] - &parts[0]) * guidance_scale
@@ -214,11 +259,13 @@ impl StableDiffusion {
         timesteps: &[f64],
         inpaint: Option<&Inpaint>,
     ) -> Result<Generated> {
-        let (text, guided) = self.conditioning(opts)?;
+        let f = self.vae_factor();
+        let (_, _, lh, lw) = latents.size4()?;
+        let cond = self.conditioning(opts, lh * f, lw * f)?;
         tch::no_grad(|| -> Result<()> {
             for (i, &t) in timesteps.iter().enumerate() {
                 let extra = inpaint.and_then(|p| p.extra.as_ref());
-                let eps = self.predict(sched, &latents, t, &text, guided, opts.guidance_scale, extra)?;
+                let eps = self.predict(sched, &latents, t, &cond, opts.guidance_scale, extra)?;
                 latents = sched.step(&eps.to_kind(Kind::Float), t, &latents.to_kind(Kind::Float))?;
                 if let Some(p) = inpaint.filter(|p| p.extra.is_none()) {
                     // A plain model repaints the masked region only: the known region is the image's latents
@@ -328,6 +375,14 @@ impl StableDiffusion {
             self.denoise(&opts, sched.as_mut(), latents, &timesteps, Some(&p))
         })
     }
+}
+
+/// The text conditioning of a generation: cross-attention states and, for SDXL, the added conditioning
+/// (pooled text, size ids), each [negative x batch, prompt x batch] with guidance.
+struct Conditioning {
+    text: Tensor,
+    added: Option<(Tensor, Tensor)>,
+    guided: bool,
 }
 
 struct Inpaint {

@@ -114,6 +114,13 @@ pub struct UNet2DConditionConfig {
     pub time_embedding_type: String,
     pub conv_in_kernel: i64,
     pub conv_out_kernel: i64,
+    /// `text_time` (SDXL: a pooled text embedding and six size/crop ids added to the timestep embedding)
+    /// or `None`.
+    pub addition_embed_type: Option<String>,
+    /// SDXL: the sinusoidal embedding width of each added time id.
+    pub addition_time_embed_dim: Option<i64>,
+    /// SDXL: the input width of `add_embedding` (pooled text width + 6 x `addition_time_embed_dim`).
+    pub projection_class_embeddings_input_dim: Option<i64>,
 }
 
 impl Default for UNet2DConditionConfig {
@@ -154,6 +161,9 @@ impl Default for UNet2DConditionConfig {
             time_embedding_type: "positional".into(),
             conv_in_kernel: 3,
             conv_out_kernel: 3,
+            addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
         }
     }
 }
@@ -162,9 +172,7 @@ impl Default for UNet2DConditionConfig {
 const UNSUPPORTED_KEYS: &[(&str, &str, fn(&Value) -> bool)] = &[
     ("class_embed_type", "null", Value::is_null),
     ("num_class_embeds", "null", Value::is_null),
-    ("addition_embed_type", "null", Value::is_null),
-    ("addition_time_embed_dim", "null", Value::is_null),
-    ("projection_class_embeddings_input_dim", "null", Value::is_null),
+    ("addition_embed_type", "null or \"text_time\"", |v| v.is_null() || v.as_str() == Some("text_time")),
     ("class_embeddings_concat", "false", is_false),
     ("encoder_hid_dim", "null", Value::is_null),
     ("encoder_hid_dim_type", "null", Value::is_null),
@@ -689,6 +697,7 @@ pub struct UNet2DConditionModel {
     pub cfg: UNet2DConditionConfig,
     conv_in: nn::Conv2D,
     time_embedding: TimestepEmbedding,
+    add_embedding: Option<AddEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<Layers>,
     up_blocks: Vec<UpBlock>,
@@ -696,6 +705,43 @@ pub struct UNet2DConditionModel {
     conv_out: nn::Conv2D,
     cross_attention_dim: i64,
     attention_slice: Option<i64>,
+}
+
+/// SDXL's added conditioning: `add_time_proj` (sinusoidal, no weights) of each of the six size/crop ids,
+/// concatenated after the pooled text embedding, through `add_embedding` (diffusers' `get_aug_embed`,
+/// `addition_embed_type = "text_time"`).
+#[derive(Debug)]
+struct AddEmbedding {
+    time_dim: i64,
+    text_dim: i64,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    embedding: TimestepEmbedding,
+}
+
+impl AddEmbedding {
+    /// # Shapes
+    /// - `text`: [batch, text_dim], `ids`: [batch, 6] -> [batch, time_embed_dim]
+    fn forward(&self, text: &Tensor, ids: &Tensor, batch: i64, sample: &Tensor) -> Result<Tensor> {
+        if text.size() != [batch, self.text_dim] || ids.size() != [batch, 6] {
+            return Err(DiffusionError::Shape(format!(
+                "SDXL added conditioning: expected text_embeds [{batch}, {}] and time_ids [{batch}, 6], got {:?} and {:?}",
+                self.text_dim,
+                text.size(),
+                ids.size()
+            )));
+        }
+        let device = sample.device();
+        let t = timestep_embedding(
+            &ids.flatten(0, -1).to_device(device),
+            self.time_dim,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+        )
+        .reshape([batch, 6 * self.time_dim]);
+        let x = Tensor::cat(&[text.to_device(device).to_kind(Kind::Float), t], 1).to_kind(sample.kind());
+        Ok(self.embedding.forward(&x))
+    }
 }
 
 impl UNet2DConditionModel {
@@ -708,6 +754,25 @@ impl UNet2DConditionModel {
         let conv = |k: i64| nn::ConvConfig { padding: (k - 1) / 2, ..Default::default() };
         let conv_in = nn::conv2d(&vs / "conv_in", cfg.in_channels, ch[0], cfg.conv_in_kernel, conv(cfg.conv_in_kernel));
         let time_embedding = TimestepEmbedding::new(&vs / "time_embedding", ch[0], cfg.time_embed_dim());
+        let add_embedding =
+            match (&cfg.addition_embed_type, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+                (None, _, _) => None,
+                (Some(_), Some(time_dim), Some(input_dim)) if time_dim > 0 && input_dim > 6 * time_dim => {
+                    Some(AddEmbedding {
+                        time_dim,
+                        text_dim: input_dim - 6 * time_dim,
+                        flip_sin_to_cos: cfg.flip_sin_to_cos,
+                        freq_shift: cfg.freq_shift,
+                        embedding: TimestepEmbedding::new(&vs / "add_embedding", input_dim, cfg.time_embed_dim()),
+                    })
+                }
+                (Some(t), time_dim, input_dim) => {
+                    return Err(DiffusionError::Unsupported(format!(
+                        "UNet2DConditionModel addition_embed_type = {t:?} needs addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim > 6 x it, got {time_dim:?} and {input_dim:?}"
+                    )))
+                }
+            };
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut output_channel = ch[0];
@@ -794,6 +859,7 @@ impl UNet2DConditionModel {
             cfg: cfg.clone(),
             conv_in,
             time_embedding,
+            add_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -866,6 +932,33 @@ impl UNet2DConditionModel {
     /// - `encoder_hidden_states`: [batch, tokens, cross_attention_dim]
     /// - returns [batch, out_channels, height, width]
     pub fn forward(&self, sample: &Tensor, timestep: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+        self.forward_added(sample, timestep, encoder_hidden_states, None)
+    }
+
+    /// Whether the model takes SDXL's added conditioning ([`forward_added`](Self::forward_added)).
+    pub fn takes_added_conditioning(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// The pooled text width SDXL's added conditioning expects, if the model takes it.
+    pub fn added_text_dim(&self) -> Option<i64> {
+        self.add_embedding.as_ref().map(|a| a.text_dim)
+    }
+
+    /// [`forward`](Self::forward) with SDXL's added conditioning (`addition_embed_type = "text_time"`):
+    /// `added = (text_embeds, time_ids)`, embedded as diffusers' `get_aug_embed` does and added to the
+    /// timestep embedding. A model with added conditioning needs it; one without refuses it.
+    ///
+    /// # Shapes
+    /// - `text_embeds`: [batch, text_dim] (the second text encoder's pooled projection)
+    /// - `time_ids`: [batch, 6] (original height, width, crop top, left, target height, width)
+    pub fn forward_added(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let batch = self.check_inputs(sample, encoder_hidden_states)?;
         let t = match timestep.numel() as i64 {
             1 => timestep.reshape([1]).expand([batch], false),
@@ -880,7 +973,20 @@ impl UNet2DConditionModel {
         let ch0 = self.cfg.block_out_channels[0];
         let t_emb =
             timestep_embedding(&t.to_device(sample.device()), ch0, self.cfg.flip_sin_to_cos, self.cfg.freq_shift);
-        let emb = self.time_embedding.forward(&t_emb.to_kind(sample.kind()));
+        let mut emb = self.time_embedding.forward(&t_emb.to_kind(sample.kind()));
+        match (&self.add_embedding, added) {
+            (Some(a), Some((text, ids))) => emb += a.forward(text, ids, batch, sample)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(DiffusionError::Shape(
+                    "this UNet (addition_embed_type text_time, SDXL) needs the pooled text embedding and the size ids"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(DiffusionError::Shape("this UNet takes no added conditioning (not an SDXL UNet)".into()))
+            }
+        }
         let context = encoder_hidden_states;
         let slice = self.attention_slice;
 

@@ -13,6 +13,8 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   Hugging Face's SD tokenizers are), UNet2DConditionModel (conv proj_in/proj_out, one head count for every
   block), AutoencoderKL and DDIMScheduler with Stable Diffusion 1.x's schedule;
 - `pipeline_inpaint/`: `pipeline/`'s components with a 9-channel inpainting UNet (StableDiffusionInpaintPipeline);
+- `pipeline_xl/`: an SDXL-shaped StableDiffusionXLPipeline (two text encoders, added size and pooled-text
+  conditioning, Euler);
 - `pipeline_v2/`: the SD 2.x variant: CLIPTextModel with gelu and "!" padding, UNet2DConditionModel with linear
   projections, per-block head dims and upcast attention, the same VAE, DDIM with v-prediction;
 - `single_file.safetensors` and `single_file_v2.safetensors`: the same weights under the original
@@ -39,10 +41,11 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 assert diffusers.__version__ == "0.42.1", diffusers.__version__
 assert torch.__version__.split("+")[0] == "2.13.0", torch.__version__
@@ -95,7 +98,7 @@ def perturb(model, scale=0.1):
     return model.eval()
 
 
-def text_encoder(act):
+def text_encoder(act, projection=False):
     cfg = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=32,
@@ -110,7 +113,7 @@ def text_encoder(act):
         pad_token_id=1,
         projection_dim=32,
     )
-    return perturb(CLIPTextModel(cfg))
+    return perturb((CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg))
 
 
 def unet(v2, in_channels=4):
@@ -341,6 +344,34 @@ def main():
     inpainter.set_progress_bar_config(disable=True)
     inpainter.save_pretrained(os.path.join(tmp, "pipeline_inpaint"), safe_serialization=True)
 
+    # SDXL-shaped: two text encoders (the second with a projection, padding with "!"), their penultimate layers
+    # concatenated (32 + 32 = 64 wide), the pooled projection and six size/crop ids as added conditioning
+    # (32 + 6 x 8 = 80), transformer depth per block, Euler (SDXL's published scheduler).
+    xl_unet = perturb(UNet2DConditionModel(
+        sample_size=HEIGHT // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64), layers_per_block=2, attention_head_dim=(2, 4, 8),
+        transformer_layers_per_block=(1, 1, 2), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+        norm_num_groups=8))
+    tok2 = write_tokenizer(args.vocab, os.path.join(tmp, "tokenizer_xl"), "!")
+    xl = StableDiffusionXLPipeline(
+        vae=base.vae,
+        text_encoder=text_encoder("quick_gelu"),
+        text_encoder_2=text_encoder("gelu", projection=True),
+        tokenizer=base.tokenizer,
+        tokenizer_2=tok2,
+        unet=xl_unet,
+        scheduler=EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                         beta_schedule="scaled_linear", steps_offset=1,
+                                         timestep_spacing="leading"),
+        add_watermarker=False,
+    )
+    xl.set_progress_bar_config(disable=True)
+    xl.save_pretrained(os.path.join(tmp, "pipeline_xl"), safe_serialization=True)
+    shutil.rmtree(os.path.join(tmp, "tokenizer_xl"))
+
     with torch.no_grad():
         for name, pipe in pipes.items():
             p = name + "."
@@ -424,6 +455,18 @@ def main():
                   num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="pt")
         for key, p, strength in [("plain_s100", plain, 1.0), ("plain_s60", plain, 0.6), ("model_s100", inpainter, 1.0)]:
             io[f"inpaint.{key}"] = p(strength=strength, generator=torch.Generator().manual_seed(SEED), **kw).images
+
+        # SDXL: with a negative prompt, and with none (zero negative conditioning, force_zeros_for_empty_prompt).
+        for key, negative in [("negative", NEGATIVE), ("zeros", None)]:
+            kw = dict(prompt=PROMPT, negative_prompt=negative, height=HEIGHT, width=WIDTH,
+                      num_inference_steps=STEPS, guidance_scale=5.0)
+            io[f"xl.{key}.latents"] = xl(latents=latents.clone(), output_type="latent", **kw).images
+            io[f"xl.{key}.image"] = xl(latents=latents.clone(), output_type="pt", **kw).images
+        ids = xl.tokenizer_2([PROMPT], padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids
+        enc2 = xl.text_encoder_2(ids, output_hidden_states=True)
+        io["xl.text2.penultimate"] = enc2.hidden_states[-2]
+        io["xl.text2.text_embeds"] = enc2.text_embeds
 
     save_file({k: v.contiguous().clone() for k, v in io.items()}, os.path.join(tmp, "io.safetensors"))
     with open(os.path.join(tmp, "versions.json"), "w") as f:
