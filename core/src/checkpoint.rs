@@ -92,9 +92,20 @@ pub fn load_var_store(vs: &VarStore, path: &Path) -> Result<()> {
 
 /// Copy `found` into `expected` (same names, same shapes) or report every difference.
 pub fn load_named_into(expected: &HashMap<String, Tensor>, found: &[(String, Tensor)], path: &Path) -> Result<()> {
+    copy_named_into(expected, found)
+        .map_err(|report| CoreError::KeyMismatch { path: path.to_path_buf(), report: report.to_string() })
+}
+
+/// [`load_named_into`] without a file to name: the [`KeyReport`] itself on a mismatch, for callers that
+/// gather several components' reports into one error. Nothing is copied unless all match; `copy_`
+/// converts each tensor to its variable's kind and device.
+pub fn copy_named_into(
+    expected: &HashMap<String, Tensor>,
+    found: &[(String, Tensor)],
+) -> std::result::Result<(), KeyReport> {
     let report = compare_keys(expected, found);
     if !report.is_empty() {
-        return Err(CoreError::KeyMismatch { path: path.to_path_buf(), report: report.to_string() });
+        return Err(report);
     }
     tch::no_grad(|| {
         for (name, src) in found {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use genlab_core::checkpoint::{compare_keys, read_safetensors};
+use genlab_core::checkpoint::{copy_named_into, read_safetensors};
 use genlab_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::clip::text_model::{self, ClipTextConfig, ClipTextModel};
@@ -66,28 +66,11 @@ fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(all)
 }
 
-/// Copy `found` into the variables of `vs` (converting dtypes), or describe every difference.
-fn fill(vs: &VarStore, found: &[(String, Tensor)]) -> std::result::Result<(), String> {
-    let expected = vs.variables();
-    let report = compare_keys(&expected, found);
-    if !report.is_empty() {
-        return Err(report.to_string());
-    }
-    tch::no_grad(|| {
-        for (name, src) in found {
-            if let Some(dst) = expected.get(name) {
-                dst.shallow_clone().copy_(src);
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Fill several components at once; the error lists every component's problems.
 fn fill_all(path: &Path, parts: &[(&str, &VarStore, Vec<(String, Tensor)>)]) -> Result<()> {
     let mut problems = String::new();
     for (name, vs, found) in parts {
-        if let Err(r) = fill(vs, found) {
+        if let Err(r) = copy_named_into(&vs.variables(), found) {
             problems.push_str(&format!("\n {name}:\n{r}"));
         }
     }
