@@ -95,6 +95,9 @@ pub struct SdConfig {
     /// SDXL: with no negative prompt, guide away from zero embeddings instead of those of "" (diffusers'
     /// `force_zeros_for_empty_prompt`, from model_index.json).
     pub force_zeros_for_empty_prompt: bool,
+    /// A preset's padding id for the standard CLIP vocabulary (SD 2.x pads with "!", id 0); `None` pads with
+    /// the end token, or, for a diffusers folder, as its own `tokenizer/` says.
+    pub pad_token_id: Option<i64>,
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     pub schedule: ScheduleConfig,
@@ -109,6 +112,7 @@ impl SdConfig {
             text_encoder: ClipTextConfig::sd15(),
             text_encoder_2: None,
             force_zeros_for_empty_prompt: false,
+            pad_token_id: None,
             unet: UNet2DConditionConfig::sd15(),
             vae: AutoencoderKLConfig::sd15(),
             schedule: ScheduleConfig::stable_diffusion_v1(),
@@ -122,6 +126,8 @@ impl SdConfig {
             text_encoder: ClipTextConfig::sd21(),
             text_encoder_2: None,
             force_zeros_for_empty_prompt: false,
+            // stabilityai/stable-diffusion-2-1 tokenizer/special_tokens_map.json: "pad_token": "!".
+            pad_token_id: Some(0),
             unet: UNet2DConditionConfig::sd21(),
             vae: AutoencoderKLConfig::sd15(),
             schedule: ScheduleConfig::stable_diffusion_v2(),
@@ -170,6 +176,7 @@ impl SdConfig {
             text_encoder,
             text_encoder_2,
             force_zeros_for_empty_prompt,
+            pad_token_id: None,
             unet,
             vae,
             schedule,
@@ -205,6 +212,9 @@ pub struct StableDiffusion {
     text2_vs: VarStore,
     unet_vs: VarStore,
     vae_vs: VarStore,
+    /// The kinds of the UNet's (and text encoders') and of the autoencoder's weights, set by `set_kind`.
+    kind: Kind,
+    vae_kind: Kind,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -256,6 +266,8 @@ impl StableDiffusion {
             text2_vs,
             unet_vs,
             vae_vs,
+            kind: Kind::Float,
+            vae_kind: Kind::Float,
         })
     }
 
@@ -377,9 +389,8 @@ impl StableDiffusion {
                     )
                 })?;
                 let mut tok = ClipTokenizer::from_bpe_file(&vocab)?;
-                if cfg.text_encoder.hidden_act == "gelu" {
-                    // SD 2.x pads with "!" (id 0), as its tokenizer/special_tokens_map.json says.
-                    tok.set_pad_id(0);
+                if let Some(id) = cfg.pad_token_id {
+                    tok.set_pad_id(id);
                 }
                 (cfg, tok)
             }
@@ -393,19 +404,24 @@ impl StableDiffusion {
         self.text_vs.set_kind(kind);
         self.text2_vs.set_kind(kind);
         self.unet_vs.set_kind(kind);
+        self.kind = kind;
         if !(kind == Kind::Half && self.config.vae.force_upcast) {
             self.vae_vs.set_kind(kind);
+            self.vae_kind = kind;
+        } else {
+            self.vae_vs.set_kind(Kind::Float);
+            self.vae_kind = Kind::Float;
         }
     }
 
     /// The kind of the UNet's weights (what latents are cast to).
     pub fn kind(&self) -> Kind {
-        self.unet_vs.variables().values().next().map(|t| t.kind()).unwrap_or(Kind::Float)
+        self.kind
     }
 
     /// The kind of the autoencoder's weights.
     pub fn vae_kind(&self) -> Kind {
-        self.vae_vs.variables().values().next().map(|t| t.kind()).unwrap_or(Kind::Float)
+        self.vae_kind
     }
 
     pub fn device(&self) -> Device {
