@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{DiffusionError, Result};
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
-use crate::scheduler::{build, Scheduler, SchedulerKind};
+use crate::scheduler::{build, strength_timesteps, Scheduler, SchedulerKind};
 use crate::unet::UNet2DModel;
 
 /// Labels and guidance checked against the model: `None` for an unconditional model, else one label
@@ -331,10 +331,8 @@ pub(crate) fn img2img_unclamped(
     labels: Option<&Tensor>,
     guidance_scale: f64,
 ) -> Result<Tensor> {
-    if !(strength > 0.0 && strength <= 1.0) {
-        return Err(DiffusionError::Config(format!("strength must be in (0, 1], got {strength}")));
-    }
     let mut scheduler = build(kind, schedule, steps)?;
+    let timesteps = strength_timesteps(scheduler.as_ref(), strength)?;
     let n = match image.size().as_slice() {
         &[n, c, _, _] if c == model.cfg.in_channels && n > 0 => n,
         s => {
@@ -345,24 +343,10 @@ pub(crate) fn img2img_unclamped(
         }
     };
     let labels = resolve_labels(model, labels, n, guidance_scale)?;
-    let all = scheduler.timesteps().to_vec();
-    let mut distinct = all.clone();
-    distinct.dedup();
-    let run = ((distinct.len() as f64 * strength).floor() as usize).min(distinct.len());
-    if run == 0 {
-        return Err(DiffusionError::Config(format!(
-            "strength {strength} of {} steps runs no denoising step: raise the strength or the steps",
-            distinct.len()
-        )));
-    }
-    let start = distinct[distinct.len() - run];
-    // A second-order scheduler lists its timesteps twice; start where it expects a loop to start
-    // mid-schedule (diffusers' `timesteps[t_start * order:]`).
-    let from = all.iter().rposition(|&t| t == start).unwrap_or(0);
     tch::no_grad(|| {
         let original = image.f_to_kind(Kind::Float)?.f_to_device(model.device())?;
-        let x = scheduler.add_noise(&original, &original.randn_like(), &Tensor::from_slice(&[start]))?;
-        denoise(model, scheduler.as_mut(), x, &all[from..], labels.as_ref(), guidance_scale)
+        let x = scheduler.add_noise(&original, &original.randn_like(), &Tensor::from_slice(&timesteps[..1]))?;
+        denoise(model, scheduler.as_mut(), x, &timesteps, labels.as_ref(), guidance_scale)
     })
 }
 

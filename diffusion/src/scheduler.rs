@@ -150,6 +150,29 @@ impl FromStr for SchedulerKind {
     }
 }
 
+/// The timesteps image-to-image and inpainting visit at `strength` in (0, 1] (SDEdit; diffusers'
+/// `get_timesteps`): the last `floor(n * strength)` of the scheduler's `n` distinct timesteps, starting where
+/// a second-order scheduler, which lists its timesteps twice, expects a loop begun mid-schedule
+/// (diffusers' `timesteps[t_start * order:]`). Its first element is the timestep to noise the input to.
+pub fn strength_timesteps(scheduler: &dyn Scheduler, strength: f64) -> Result<Vec<f64>> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(DiffusionError::Config(format!("strength must be in (0, 1], got {strength}")));
+    }
+    let all = scheduler.timesteps();
+    let mut distinct = all.to_vec();
+    distinct.dedup();
+    let run = ((distinct.len() as f64 * strength).floor() as usize).min(distinct.len());
+    if run == 0 {
+        return Err(DiffusionError::Config(format!(
+            "strength {strength} of {} steps leaves no step to take (no denoising step would run): raise the strength or the steps",
+            distinct.len()
+        )));
+    }
+    let start = distinct[distinct.len() - run];
+    let from = all.iter().rposition(|&t| t == start).unwrap_or(0);
+    Ok(all[from..].to_vec())
+}
+
 /// A scheduler of `kind` over `config`'s schedule, with `steps` inference timesteps set.
 pub fn build(kind: SchedulerKind, config: &ScheduleConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
     let mut s: Box<dyn Scheduler> = match kind {

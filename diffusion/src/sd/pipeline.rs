@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use genlab_core::seed::with_seed;
 
 use crate::error::{DiffusionError, Result};
-use crate::scheduler::{self, Scheduler, SchedulerKind};
+use crate::scheduler::{self, strength_timesteps, Scheduler, SchedulerKind};
 use crate::sd::loader::StableDiffusion;
 
 /// The options shared by every generation mode.
@@ -283,23 +283,6 @@ impl StableDiffusion {
         Ok(Generated { latents, images, timesteps: timesteps.to_vec() })
     }
 
-    /// The timesteps image-to-image and inpainting visit at `strength` (diffusers' `get_timesteps`): the last
-    /// `floor(steps * strength)` of the schedule.
-    fn strength_timesteps(kind: SchedulerKind, sched: &dyn Scheduler, steps: usize, strength: f64) -> Result<Vec<f64>> {
-        if !(strength > 0.0 && strength <= 1.0) {
-            return Err(DiffusionError::Config(format!("strength must be in (0, 1], got {strength}")));
-        }
-        let init = ((steps as f64 * strength) as usize).min(steps);
-        if init == 0 {
-            return Err(DiffusionError::Config(format!(
-                "strength {strength} of {steps} steps leaves no step to take: raise --strength or --steps"
-            )));
-        }
-        let order = if kind == SchedulerKind::Heun { 2 } else { 1 };
-        let start = (steps - init) * order;
-        Ok(sched.timesteps()[start.min(sched.timesteps().len())..].to_vec())
-    }
-
     /// Image-to-image (SDEdit): noise the image's latents to `strength` of the schedule, then denoise with the
     /// prompt.
     ///
@@ -309,8 +292,8 @@ impl StableDiffusion {
         self.check_options(opts)?;
         let (b, _, _) = self.check_images(images, "img2img image", 3)?;
         let opts = GenerateOptions { batch: b, ..opts.clone() };
-        let (kind, mut sched) = self.scheduler(&opts)?;
-        let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
+        let (_, mut sched) = self.scheduler(&opts)?;
+        let timesteps = strength_timesteps(sched.as_ref(), strength)?;
         with_seed(opts.seed as i64, || {
             let init = self.encode_images(images)?.to_kind(Kind::Float);
             let noise = randn(&init.size(), self.device(), Kind::Float);
@@ -342,8 +325,8 @@ impl StableDiffusion {
             )));
         }
         let opts = GenerateOptions { batch: b, ..opts.clone() };
-        let (kind, mut sched) = self.scheduler(&opts)?;
-        let timesteps = Self::strength_timesteps(kind, sched.as_ref(), opts.steps, strength)?;
+        let (_, mut sched) = self.scheduler(&opts)?;
+        let timesteps = strength_timesteps(sched.as_ref(), strength)?;
         let f = self.vae_factor();
         let mask = mask.to_kind(Kind::Float).ge(0.5).to_kind(Kind::Float).expand([b, 1, h, w], false);
         // Zero in [-1, 1] (mid grey) where the mask is set, as diffusers masks the normalised image.
