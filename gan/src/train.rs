@@ -323,7 +323,7 @@ impl GanTask {
         let opt_g = Adam::new(&vs_g, AdamConfig::adam(run.lr_g).betas(o.beta1, o.beta2))?;
         let opt_d = Adam::new(&vs_d, AdamConfig::adam(run.lr_d).betas(o.beta1, o.beta2))?;
         let mut ema = Ema::new(&vs_g, o.ema_decay);
-        ema.warmup = true;
+        ema.warmup = genlab_core::ema::EmaWarmup::Ratio;
         let vs_ema = VarStore::new(device);
         let ema_generator = Generator::new(vs_ema.root(), run.gan.clone())?;
         let collapse = CollapseDetector::new(o.collapse);
