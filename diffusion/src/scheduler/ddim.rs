@@ -1,7 +1,7 @@
 //! DDIM: Song, Meng and Ermon, "Denoising Diffusion Implicit Models", arXiv 2010.02502, eq. 12,
 //! with `sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)` (eq. 16).
-//! Follows diffusers' `schedulers/scheduling_ddim.py` (`DDIMScheduler.step` without thresholding
-//! or `use_clipped_model_output`).
+//! Follows diffusers' `schedulers/scheduling_ddim.py` (`DDIMScheduler.step` without thresholding;
+//! `use_clipped_model_output` comes from [`ScheduleConfig::use_clipped_model_output`]).
 use tch::Tensor;
 
 use super::{integer_timesteps, Scheduler};
@@ -53,9 +53,12 @@ impl Scheduler for Ddim {
         let abar_t = ac[t];
         let abar_prev = if prev_t >= 0 { ac[prev_t as usize] } else { self.final_alpha_cumprod };
         let cfg = self.schedule.config();
-        let (mut x0, eps) = cfg.prediction_type.split(model_output, sample, abar_t);
+        let (mut x0, mut eps) = cfg.prediction_type.split(model_output, sample, abar_t);
         if cfg.clip_sample {
             x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range);
+            if cfg.use_clipped_model_output {
+                eps = (sample - &x0 * abar_t.sqrt()) / (1.0 - abar_t).sqrt();
+            }
         }
         let variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev);
         let std_dev = cfg.eta * variance.sqrt();

@@ -74,14 +74,15 @@ def model(sample, t):
 
 def make(kind, cfg):
     cfg = dict(cfg)
-    eta = cfg.pop("eta", 0.0)
+    # DDIM's step arguments, which genlab keeps in its schedule configuration.
+    step_kw = dict(eta=cfg.pop("eta", 0.0), use_clipped_model_output=cfg.pop("use_clipped_model_output", False))
     kw = dict(EXTRA.get(kind, {}))
     kw.update(cfg)
-    return CLASSES[kind](**kw), eta
+    return CLASSES[kind](**kw), step_kw
 
 
 def run_case(name, kind, cfg, steps):
-    sched, eta = make(kind, cfg)
+    sched, step_kw = make(kind, cfg)
     sched.set_timesteps(steps)
     timesteps = [float(t) for t in sched.timesteps]
     init_sigma = float(sched.init_noise_sigma)
@@ -92,7 +93,7 @@ def run_case(name, kind, cfg, steps):
         model_input = sched.scale_model_input(sample, t)
         out = model(model_input, t)
         if kind == "ddim":
-            sample = sched.step(out, t, sample, eta=eta).prev_sample
+            sample = sched.step(out, t, sample, **step_kw).prev_sample
         else:
             sample = sched.step(out, t, sample).prev_sample
         trace.append(float(sample.abs().sum()))
@@ -139,6 +140,9 @@ def scheduler_cases():
     add("ddim_alpha_not_one", "ddim", dict(BASE, set_alpha_to_one=False))
     add("ddim_eta_0_5", "ddim", dict(BASE, eta=0.5))
     add("ddim_eta_1_v", "ddim", dict(BASE, eta=1.0, prediction_type="v_prediction"))
+    # A clip range the fake model's x0 exceeds, with the noise taken as given and re-derived.
+    add("ddim_clip_0_1", "ddim", dict(BASE, clip_sample_range=0.1))
+    add("ddim_clip_0_1_clipped_output", "ddim", dict(BASE, clip_sample_range=0.1, use_clipped_model_output=True))
     add("ddim_zero_snr", "ddim",
         dict(BASE, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"))
     add("ddpm_sigmoid", "ddpm", dict(BASE, beta_schedule="sigmoid"))
