@@ -2,11 +2,14 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use genlab_core::ema::EmaWarmup;
 use genlab_core::DeviceSpec;
-use genlab_diffusion::latent::{self, install_autoencoder, latent_run_config, load_run, LatentOptions};
+use genlab_diffusion::latent::{
+    self, install_autoencoder, latent_run_config, load_run, load_run_weights, LatentOptions,
+};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
-use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
+use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask, Weights};
 use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
 use std::path::PathBuf;
 use tch::Tensor;
@@ -19,9 +22,9 @@ pub enum DiffusionCommand {
         after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume\n  genlab vae train --model kl-f4 --data fashion-mnist --steps 5000 --out runs/kl-f4-fashion\n  genlab diffusion train --model unet-tiny --data fashion-mnist --latent-autoencoder runs/kl-f4-fashion --steps 20000 --out runs/ldm-fashion"
     )]
     Train(Box<TrainFlags>),
-    /// Sample from a trained model (its EMA weights).
+    /// Sample from a trained model (its EMA weights, or --weights raw).
     #[command(
-        after_help = "Examples:\n  genlab diffusion sample --run runs/ddpm-digits --sampler ddim --steps 50 --n 64 --out grid.png\n  genlab diffusion sample --run runs/ddpm-mnist --sampler dpmpp-2m --steps 20 --guidance 3 --class 7 --n 16 --out sevens.png"
+        after_help = "Examples:\n  genlab diffusion sample --run runs/ddpm-digits --n 64 --out grid.png\n  genlab diffusion sample --run runs/ddpm-digits --sampler ddim --steps 50 --weights raw --n 2000 --out samples.h5\n  genlab diffusion sample --run runs/ddpm-mnist --sampler dpmpp-2m --steps 20 --guidance 3 --class 7 --n 16 --out sevens.png"
     )]
     Sample(SampleFlags),
     /// Fill the black region of a mask with RePaint (white pixels are kept exactly). On a latent run
@@ -47,10 +50,10 @@ pub enum DiffusionCommand {
 pub struct TrainFlags {
     #[command(flatten)]
     common: TrainArgs,
-    /// What the network predicts: eps, x0 or v [default: eps; v for a latent run].
+    /// What the network predicts: eps, x0 or v [default: v].
     #[arg(long)]
     prediction: Option<String>,
-    /// Beta schedule: linear, cosine, scaled_linear or sigmoid [default: linear 1e-4..0.02 (DDPM);
+    /// Beta schedule: linear (1e-4..0.02, DDPM), cosine, scaled_linear or sigmoid [default: cosine;
     /// scaled_linear 0.00085..0.012 (Stable Diffusion 2) for a latent run].
     #[arg(long)]
     schedule: Option<String>,
@@ -66,8 +69,19 @@ pub struct TrainFlags {
     /// Min-SNR-gamma loss weighting (5 in the paper); off by default.
     #[arg(long)]
     min_snr_gamma: Option<f64>,
+    /// The EMA's decay once warmed up.
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
+    /// How the EMA's decay grows: `power` (diffusers' EMAModel warm-up, 1 - (1 + step)^(-2/3)),
+    /// `power:P` (another power), `ratio` ((1 + step) / (10 + step)) or `off`.
+    #[arg(long, default_value = "power")]
+    ema_warmup: String,
+    /// Linear learning-rate warm-up over this many steps (0: none).
+    #[arg(long, default_value_t = 100)]
+    lr_warmup: u64,
+    /// Clip the gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
@@ -104,13 +118,33 @@ impl Guidance {
 pub struct SampleFlags {
     #[command(flatten)]
     common: SampleArgs,
-    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun.
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own, which it uses for its sample grids).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Sampling steps (default: the run's own).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Sample from the EMA weights (`ema`) or the trained weights (`raw`).
+    #[arg(long, default_value = "ema")]
+    weights: String,
     #[command(flatten)]
     guidance: Guidance,
+}
+
+/// `power`, `power:P`, `ratio` or `off`.
+fn parse_ema_warmup(s: &str) -> Result<EmaWarmup> {
+    let w = match s.split_once(':') {
+        None if s == "power" => EmaWarmup::POWER_2_3,
+        None if s == "ratio" => EmaWarmup::Ratio,
+        None if s == "off" => EmaWarmup::Off,
+        Some(("power", p)) => match p.parse::<f64>() {
+            Ok(power) => EmaWarmup::Power { inv_gamma: 1.0, power },
+            Err(_) => bail!("--ema-warmup power:P needs a number P, got `{p}`"),
+        },
+        _ => bail!("--ema-warmup must be power, power:P, ratio or off, got `{s}`"),
+    };
+    w.validate()?;
+    Ok(w)
 }
 
 /// The run and the single-image input and output of `inpaint` and `img2img`.
@@ -337,7 +371,7 @@ fn train(f: TrainFlags) -> Result<()> {
         let base = if f.latent_autoencoder.is_some() {
             ScheduleConfig::stable_diffusion_v2()
         } else {
-            ScheduleConfig::default()
+            ScheduleConfig::v_cosine()
         };
         let schedule = ScheduleConfig {
             num_train_timesteps: f.timesteps,
@@ -377,6 +411,12 @@ fn train(f: TrainFlags) -> Result<()> {
         }
         run.min_snr_gamma = f.min_snr_gamma;
         run.ema_decay = f.ema_decay;
+        run.ema_warmup = parse_ema_warmup(&f.ema_warmup)?;
+        run.lr_warmup_steps = f.lr_warmup;
+        if f.max_grad_norm < 0.0 || !f.max_grad_norm.is_finite() {
+            bail!("--max-grad-norm must be positive (or 0 for no clipping), got {}", f.max_grad_norm);
+        }
+        run.max_grad_norm = (f.max_grad_norm > 0.0).then_some(f.max_grad_norm);
         run.weight_decay = f.weight_decay;
         Ok(run)
     })?;
@@ -427,18 +467,28 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     if a.n <= 0 {
         bail!("--n must be at least 1");
     }
-    let kind = f.sampler.parse::<SchedulerKind>()?;
+    let sampler = f.sampler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
+    let weights = f.weights.parse::<Weights>()?;
     let device = a.device.resolve()?;
-    let (net, run, ae) = load_run(&a.run, device)?;
+    let (net, run, ae) = load_run_weights(&a.run, weights, device)?;
+    let (kind, steps) = (sampler.unwrap_or(run.sample_scheduler), f.steps.unwrap_or(run.sample_steps));
     tch::manual_seed(a.seed as i64);
     let labels = f.guidance.labels(a.n);
     let (labels, g) = (labels.as_ref(), f.guidance.guidance.unwrap_or(1.0));
+    let t0 = std::time::Instant::now();
     let imgs = match &ae {
-        Some(ae) => latent::sample(&net.unet, ae, &run.schedule, kind, f.steps, a.n, labels, g)?,
-        None => sample(&net.unet, &run.schedule, kind, f.steps, a.n, labels, g)?,
+        Some(ae) => latent::sample(&net.unet, ae, &run.schedule, kind, steps, a.n, labels, g)?,
+        None => sample(&net.unet, &run.schedule, kind, steps, a.n, labels, g)?,
     };
+    let secs = t0.elapsed().as_secs_f64();
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
-    eprintln!("wrote {} samples ({kind}, {} steps) to {}", a.n, f.steps, a.out.display());
+    eprintln!(
+        "wrote {} samples ({kind}, {steps} steps, {} weights) to {} in {secs:.1} s ({:.4} s/image)",
+        a.n,
+        f.weights,
+        a.out.display(),
+        secs / a.n as f64
+    );
     Ok(())
 }
 

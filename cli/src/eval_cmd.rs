@@ -73,12 +73,15 @@ struct EvalArgs {
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Diffusion runs: ddpm, ddim, dpmpp-2m, euler, euler-a or heun.
-    #[arg(long, default_value = "ddim")]
-    sampler: String,
-    /// Diffusion runs: sampling steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Diffusion runs: ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Diffusion runs: sampling steps (default: the run's own).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Diffusion runs: sample from the EMA weights (`ema`) or the trained ones (`raw`).
+    #[arg(long, default_value = "ema")]
+    weights: String,
     /// VAE runs: importance samples for the IWAE bound (reported on up to 1000 reference images).
     #[arg(long, default_value_t = 100)]
     iwae_k: usize,
@@ -245,8 +248,9 @@ impl FeatureNet for InceptionWithWeights {
 
 /// Sampler settings for the families that take them.
 struct SamplerOptions<'a> {
-    sampler: &'a str,
-    steps: usize,
+    sampler: Option<&'a str>,
+    steps: Option<usize>,
+    weights: &'a str,
 }
 
 /// `n` samples in [-1, 1] from a run of `family`, in batches, through the family crate's
@@ -291,12 +295,15 @@ fn sample_run(
         }
         "diffusion" => {
             use genlab_diffusion::latent;
-            let kind = opts.sampler.parse::<genlab_diffusion::SchedulerKind>()?;
-            let (net, cfg, ae) = latent::load_run(run, device)?;
+            let kind = opts.sampler.map(str::parse::<genlab_diffusion::SchedulerKind>).transpose()?;
+            let weights = opts.weights.parse::<genlab_diffusion::train::Weights>()?;
+            let (net, cfg, ae) = latent::load_run_weights(run, weights, device)?;
+            let (kind, steps) = (kind.unwrap_or(cfg.sample_scheduler), opts.steps.unwrap_or(cfg.sample_steps));
+            eprintln!("sampling {} with {kind}, {steps} steps, {} weights", run.display(), opts.weights);
             batches(&mut |m| {
                 Ok(match &ae {
-                    Some(ae) => latent::sample(&net.unet, ae, &cfg.schedule, kind, opts.steps, m, None, 1.0)?,
-                    None => genlab_diffusion::sample::sample(&net.unet, &cfg.schedule, kind, opts.steps, m, None, 1.0)?,
+                    Some(ae) => latent::sample(&net.unet, ae, &cfg.schedule, kind, steps, m, None, 1.0)?,
+                    None => genlab_diffusion::sample::sample(&net.unet, &cfg.schedule, kind, steps, m, None, 1.0)?,
                 })
             })?;
         }
@@ -365,7 +372,7 @@ fn evaluate(e: EvalArgs) -> Result<()> {
                 &family,
                 n as i64,
                 batch,
-                &SamplerOptions { sampler: &e.sampler, steps: e.steps },
+                &SamplerOptions { sampler: e.sampler.as_deref(), steps: e.steps, weights: &e.weights },
                 device,
             )?;
             let secs = t.elapsed().as_secs_f64();

@@ -269,6 +269,16 @@ fn gan_and_diffusion_train_sample_and_edit() {
         .arg(p("ddpm"))
         .output()
         .unwrap());
+    let e = fail(
+        genlab()
+            .args(["diffusion", "train", "--model", "unet-tiny", "--ema-warmup", "power:x"])
+            .args(common)
+            .arg("--out")
+            .arg(p("ddpm-bad"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--ema-warmup"), "{e}");
     let sample = |extra: &[&str]| {
         let mut c = genlab();
         c.args(["diffusion", "sample", "--n", "4", "--run"]).arg(p("ddpm")).args(extra);
@@ -276,6 +286,11 @@ fn gan_and_diffusion_train_sample_and_edit() {
     };
     ok(sample(&["--sampler", "dpmpp-2m", "--steps", "5", "--out"]).arg(p("d.png")).output().unwrap());
     assert!(std::fs::metadata(p("d.png")).unwrap().len() > 50);
+    // The run's own sampler and steps, from the raw weights; unknown weights are named.
+    ok(sample(&["--weights", "raw", "--out"]).arg(p("raw.png")).output().unwrap());
+    assert!(std::fs::metadata(p("raw.png")).unwrap().len() > 50);
+    let e = fail(sample(&["--weights", "average", "--out"]).arg(p("y.png")).output().unwrap());
+    assert!(e.contains("weights") && e.contains("average"), "{e}");
     let e = fail(sample(&["--steps", "0", "--out"]).arg(p("y.png")).output().unwrap());
     assert!(e.contains('0'), "{e}");
     let e = fail(sample(&["--steps", "5", "--guidance", "3", "--out"]).arg(p("y.png")).output().unwrap());

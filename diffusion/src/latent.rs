@@ -366,7 +366,16 @@ impl LatentAutoencoder {
 
 /// A trained diffusion run (its EMA weights) with, for a latent run, its autoencoder.
 pub fn load_run(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
-    let (net, run) = crate::train::load(path, device)?;
+    load_run_weights(path, crate::train::Weights::Ema, device)
+}
+
+/// [`load_run`] with the EMA or the raw weights.
+pub fn load_run_weights(
+    path: &Path,
+    weights: crate::train::Weights,
+    device: Device,
+) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
+    let (net, run) = crate::train::load_weights(path, weights, device)?;
     let ae = run.latent.as_ref().map(|l| LatentAutoencoder::load(path, l, device)).transpose()?;
     Ok((net, run, ae))
 }

@@ -134,6 +134,10 @@ pub struct ScheduleConfig {
     /// DDPM and DDIM: clamp the predicted `x0` to `[-clip_sample_range, clip_sample_range]`.
     pub clip_sample: bool,
     pub clip_sample_range: f64,
+    /// DDIM: after clipping `x0`, re-derive the noise from the clipped `x0` (diffusers' `step` argument
+    /// `use_clipped_model_output`; what the DDIM paper's code and denoising-diffusion-pytorch do). Without
+    /// it the step mixes a clipped `x0` with the unclipped noise, which an undertrained model pays for.
+    pub use_clipped_model_output: bool,
     /// DDIM: the cumulative alpha used past the last step, 1 (true) or that of timestep 0.
     pub set_alpha_to_one: bool,
     /// DDIM: noise weight in 0..=1, 0 is deterministic DDIM and 1 is DDPM-like.
@@ -153,6 +157,7 @@ impl Default for ScheduleConfig {
             steps_offset: 0,
             clip_sample: true,
             clip_sample_range: 1.0,
+            use_clipped_model_output: false,
             set_alpha_to_one: true,
             eta: 0.0,
         }
@@ -168,6 +173,20 @@ impl ScheduleConfig {
     /// The cosine schedule of Nichol and Dhariwal 2021 (arXiv 2102.09672, section 3.2), over 1000 steps.
     pub fn improved_ddpm_cosine() -> Self {
         Self { beta_schedule: BetaSchedule::SquaredcosCapV2, ..Self::default() }
+    }
+
+    /// What `genlab diffusion train` uses for a new pixel-space run: the cosine schedule (Nichol and
+    /// Dhariwal 2021, section 3.2), v-prediction (Salimans and Ho 2022, arXiv 2202.00512, section 4:
+    /// its target stays bounded at both ends of the cosine schedule, where epsilon's x0 estimate blows
+    /// up at t = T and x0's noise estimate at t = 0), and DDIM re-deriving the noise from the clipped `x0`.
+    /// `cargo xtask bench quality` measures the default run built on it (bench/quality.md).
+    pub fn v_cosine() -> Self {
+        Self {
+            beta_schedule: BetaSchedule::SquaredcosCapV2,
+            prediction_type: PredictionType::VPrediction,
+            use_clipped_model_output: true,
+            ..Self::default()
+        }
     }
 
     /// Stable Diffusion v1: `scaled_linear` 0.00085..0.012, leading spacing with offset 1, no clipping,

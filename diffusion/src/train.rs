@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use genlab_core::checkpoint::CheckpointReader;
-use genlab_core::ema::Ema;
+use genlab_core::ema::{Ema, EmaWarmup};
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::precision::GradScaler;
 use genlab_core::train::{Batch, StepOutput, TrainTask};
@@ -31,6 +31,41 @@ use crate::unet::{UNet2DConfig, UNet2DModel};
 
 pub const FAMILY: &str = "diffusion";
 
+fn ratio_warmup() -> EmaWarmup {
+    EmaWarmup::Ratio
+}
+
+/// Which weights of a run to sample from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The exponential moving average (the checkpoint group `ema`).
+    #[default]
+    Ema,
+    /// The trained weights themselves (the checkpoint group `model`).
+    Raw,
+}
+
+impl Weights {
+    /// The checkpoint group holding these weights.
+    pub fn group(self) -> &'static str {
+        match self {
+            Weights::Ema => "ema",
+            Weights::Raw => "model",
+        }
+    }
+}
+
+impl std::str::FromStr for Weights {
+    type Err = DiffusionError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ema" => Ok(Weights::Ema),
+            "raw" => Ok(Weights::Raw),
+            _ => Err(DiffusionError::UnknownName { what: "weights", found: s.into(), expected: "ema, raw".into() }),
+        }
+    }
+}
+
 /// Everything `config.json` records about a diffusion run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffusionRunConfig {
@@ -43,8 +78,19 @@ pub struct DiffusionRunConfig {
     pub p_uncond: f64,
     /// Min-SNR-gamma loss weighting (the paper's gamma is 5); `None` is the plain MSE.
     pub min_snr_gamma: Option<f64>,
+    /// The EMA's decay, reached after its warm-up.
     pub ema_decay: f64,
+    /// How the EMA's decay grows over the first steps. Runs written before this field existed used
+    /// [`EmaWarmup::Ratio`]; new runs use diffusers' `EMAModel` warm-up, [`EmaWarmup::POWER_2_3`].
+    #[serde(default = "ratio_warmup")]
+    pub ema_warmup: EmaWarmup,
     pub lr: f64,
+    /// Linear learning-rate warm-up from 0 over this many steps (0: none).
+    #[serde(default)]
+    pub lr_warmup_steps: u64,
+    /// Clip the global gradient norm to this (`None`: no clipping, as in runs written before it existed).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
     pub weight_decay: f64,
     pub batch_size: usize,
     pub precision: Precision,
@@ -79,13 +125,16 @@ impl DiffusionRunConfig {
             p_uncond: if num_classes.is_some() { 0.1 } else { 0.0 },
             min_snr_gamma: None,
             ema_decay: 0.999,
+            ema_warmup: EmaWarmup::POWER_2_3,
             lr: 2e-4,
+            lr_warmup_steps: 100,
+            max_grad_norm: Some(1.0),
             weight_decay: 0.0,
             batch_size: 64,
             precision: Precision::Fp32,
             data: data.into(),
-            sample_scheduler: SchedulerKind::Ddim,
-            sample_steps: 50,
+            sample_scheduler: SchedulerKind::DpmPp2m,
+            sample_steps: 20,
             latent: None,
         })
     }
@@ -146,6 +195,10 @@ impl DiffusionRunConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("lr must be positive, got {}", self.lr));
         }
+        if let Some(m) = self.max_grad_norm.filter(|m| !(*m > 0.0 && m.is_finite())) {
+            return bad(format!("max_grad_norm must be positive, got {m}"));
+        }
+        self.ema_warmup.validate().map_err(DiffusionError::Core)?;
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
         }
@@ -245,10 +298,13 @@ impl DiffusionTask {
         run.precision.validate(device)?;
         let net = Network::new(&run.unet, device)?;
         let ema_net = Network::new(&run.unet, device)?;
-        let opt = Adam::new(&net.vs, AdamConfig::adamw(run.lr, run.weight_decay))?;
+        let opt = Adam::new(
+            &net.vs,
+            AdamConfig { max_grad_norm: run.max_grad_norm, ..AdamConfig::adamw(run.lr, run.weight_decay) },
+        )?;
         // After the optimizer: it moves the variables into its flat buffer.
         let mut ema = Ema::new(&net.vs, run.ema_decay);
-        ema.warmup = true;
+        ema.warmup = run.ema_warmup;
         let schedule = NoiseSchedule::new(&run.schedule)?;
         let scaler = run.precision.needs_scaler().then(GradScaler::default);
         Ok(DiffusionTask { net, ema_net, ema, opt, run, schedule, scaler, autoencoder, device })
@@ -280,6 +336,14 @@ impl DiffusionTask {
         Ok(Some(labels.where_self(&drop.logical_not(), &labels.full_like(null))))
     }
 
+    /// The learning rate of optimizer step `step` (from 0): linear warm-up to `lr`, then constant.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        match self.run.lr_warmup_steps {
+            0 => self.run.lr,
+            w => self.run.lr * ((step + 1) as f64 / w as f64).min(1.0),
+        }
+    }
+
     fn step(&mut self, batch: &Batch) -> Result<StepOutput> {
         let latents = match &self.autoencoder {
             Some(ae) => Some(ae.encode(&batch.images, ae.latent.sample_posterior)?),
@@ -296,6 +360,7 @@ impl DiffusionTask {
         let weights = self.run.min_snr_gamma.map(|g| self.schedule.min_snr_weights(&t, g)).transpose()?;
         let loss = weighted_mean(&per_sample, weights.as_ref());
         let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
+        self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
         self.opt.backward_step_with(&loss, self.scaler.as_mut());
         self.ema.update();
         Ok(StepOutput { loss: loss.double_value(&[]), metrics: vec![("mse".into(), mse)] })
@@ -369,6 +434,11 @@ impl TrainTask for DiffusionTask {
 
 /// Load a trained diffusion model's EMA weights from a run directory or checkpoint folder.
 pub fn load(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig)> {
+    load_weights(path, Weights::Ema, device)
+}
+
+/// Load a trained diffusion model's EMA or raw weights from a run directory or checkpoint folder.
+pub fn load_weights(path: &Path, weights: Weights, device: Device) -> Result<(Network, DiffusionRunConfig)> {
     let ck = genlab_core::train::open_checkpoint(path)?;
     let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
     if family != FAMILY {
@@ -378,6 +448,32 @@ pub fn load(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig)
         DiffusionError::Config(format!("{}: config.json is not a diffusion configuration: {e}", ck.dir.display()))
     })?;
     let net = Network::new(&run.unet, device)?;
-    ck.load_group_into("ema", &net.vs)?;
+    ck.load_group_into(weights.group(), &net.vs)?;
     Ok((net, run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_written_before_the_warm_up_fields_keep_their_recipe() {
+        let new = DiffusionRunConfig::from_preset("unet-tiny", [1, 8, 8], None, ScheduleConfig::v_cosine(), "digits")
+            .unwrap();
+        assert_eq!((new.ema_warmup, new.lr_warmup_steps, new.max_grad_norm), (EmaWarmup::POWER_2_3, 100, Some(1.0)));
+        let mut old = serde_json::to_value(&new).unwrap();
+        for key in ["ema_warmup", "lr_warmup_steps", "max_grad_norm"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: DiffusionRunConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((old.ema_warmup, old.lr_warmup_steps, old.max_grad_norm), (EmaWarmup::Ratio, 0, None));
+        let task = DiffusionTask::new(new.clone(), Device::Cpu).unwrap();
+        for (step, lr) in [(0, 2e-6), (49, 1e-4), (99, 2e-4), (5000, 2e-4)] {
+            assert!((task.lr_at(step) - lr).abs() < 1e-12, "step {step}: {}", task.lr_at(step));
+        }
+        let bad = DiffusionRunConfig { max_grad_norm: Some(0.0), ..new };
+        assert!(bad.validate().unwrap_err().to_string().contains("max_grad_norm"));
+        assert_eq!("raw".parse::<Weights>().unwrap().group(), "model");
+        assert!("avg".parse::<Weights>().is_err());
+    }
 }
