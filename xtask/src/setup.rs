@@ -162,7 +162,9 @@ pub fn python_packages(root: &Path, pkgs: &[&str]) -> Result<PathBuf> {
         crate::run(
             Command::new(&py)
                 .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                .args(missing.iter().map(|s| **s)),
+                .args(missing.iter().map(|s| **s))
+                // A package that depends on torch must not move it off the version tch links against.
+                .arg(format!("torch=={TORCH_VERSION}")),
         )?;
     }
     Ok(py)
