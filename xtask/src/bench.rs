@@ -31,12 +31,13 @@ pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
         Some("families") => families(libtorch),
         Some("dist") => dist(libtorch, &args[1..]),
         Some("sd-unet") => sd_unet(libtorch, &args[1..]),
+        Some("quality") => quality(libtorch, &args[1..]),
         Some("all") => {
             optim(libtorch)?;
             data(libtorch)?;
             families(libtorch)
         }
-        _ => bail!("usage: cargo xtask bench optim|data|families|dist|sd-unet|all"),
+        _ => bail!("usage: cargo xtask bench optim|data|families|dist|sd-unet|quality|all"),
     }
 }
 
@@ -583,5 +584,294 @@ fn sd_unet(libtorch: &Path, args: &[String]) -> Result<()> {
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     print!("{md}");
     eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Settings of one `bench quality` run.
+struct QualityArgs {
+    family: String,
+    steps: u64,
+    batch_size: u64,
+    n: u64,
+    threads: usize,
+    seed: u64,
+}
+
+impl QualityArgs {
+    fn parse(args: &[String]) -> Result<Self> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut q =
+            QualityArgs { family: "diffusion".into(), steps: 1200, batch_size: 64, n: 2000, threads: cores, seed: 0 };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().with_context(|| format!("bench quality: {a} needs a value"));
+            match a.as_str() {
+                "--family" => q.family = value()?.clone(),
+                "--steps" => q.steps = value()?.parse().context("--steps takes a whole number")?,
+                "--batch-size" => q.batch_size = value()?.parse().context("--batch-size takes a whole number")?,
+                "--n" => q.n = value()?.parse().context("--n takes a whole number")?,
+                "--threads" => q.threads = value()?.parse().context("--threads takes a whole number")?,
+                "--seed" => q.seed = value()?.parse().context("--seed takes a whole number")?,
+                f @ ("diffusion" | "gan" | "vae") => q.family = f.to_string(),
+                other => bail!(
+                    "bench quality: unknown argument {other}; usage: cargo xtask bench quality \
+                     [diffusion|gan|vae] [--family F] [--steps N] [--batch-size B] [--n N] [--threads T] [--seed S]"
+                ),
+            }
+        }
+        if !matches!(q.family.as_str(), "diffusion" | "gan" | "vae") {
+            bail!("bench quality: --family {} is not one of diffusion, gan, vae", q.family);
+        }
+        if q.steps == 0 || q.batch_size == 0 || q.n < 2 || q.threads == 0 {
+            bail!("bench quality: --steps, --batch-size and --threads must be at least 1 and --n at least 2");
+        }
+        Ok(q)
+    }
+}
+
+/// One row of bench/quality.md.
+struct QualityRow {
+    side: String,
+    train_s: Option<f64>,
+    sample_s_per_image: f64,
+    fd: f64,
+    kid: (f64, f64),
+    real_fd: f64,
+    real_kid: (f64, f64),
+}
+
+/// FD and KID of one sample file, from `genlab eval --json`.
+fn quality_eval(bin: &Path, samples: &Path, clf: &Path, json: &Path) -> Result<(f64, (f64, f64), f64, (f64, f64))> {
+    output(
+        Command::new(bin)
+            .env_remove("LD_LIBRARY_PATH")
+            .args(["eval", "--data", "fashion-mnist", "--samples"])
+            .arg(samples)
+            .arg("--features")
+            .arg(format!("classifier:{}", clf.display()))
+            .arg("--json")
+            .arg(json),
+    )?;
+    let text = std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+    let get = |side: &str, path: &[&str]| -> Result<f64> {
+        let mut x = &v[side];
+        for p in path {
+            x = &x[*p];
+        }
+        x.as_f64().with_context(|| format!("{} has no {side}.{}", json.display(), path.join(".")))
+    };
+    Ok((
+        get("generated_vs_reference", &["frechet_distance"])?,
+        (get("generated_vs_reference", &["kid", "mean"])?, get("generated_vs_reference", &["kid", "std"])?),
+        get("real_vs_reference", &["frechet_distance"])?,
+        (get("real_vs_reference", &["kid", "mean"])?, get("real_vs_reference", &["kid", "std"])?),
+    ))
+}
+
+/// Run `cmd` and return its wall time in seconds.
+fn timed(cmd: &mut Command) -> Result<f64> {
+    let t = Instant::now();
+    output(cmd)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// `bench quality [diffusion|gan|vae]`: sample quality at a fixed training budget, genlab's default
+/// recipe beside the family's textbook PyTorch package, trained one after the other on Fashion-MNIST
+/// with the same steps, batch size and threads. Each side writes `--n` samples to HDF5; `genlab eval`
+/// scores every file (and a real-vs-real baseline) in the features of the eval crate's Fashion-MNIST
+/// classifier, trained first (3,000 steps) and kept under target/bench-quality/classifier. Writes
+/// bench/quality.md (diffusion) or bench/quality-<family>.md.
+fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
+    let q = QualityArgs::parse(args)?;
+    let root = crate::root();
+    let torch = format!("torch=={}", crate::setup::TORCH_VERSION);
+    let mut pkgs = vec![torch.as_str(), "h5py"];
+    if q.family == "diffusion" {
+        pkgs.push("denoising-diffusion-pytorch==2.3.4");
+    }
+    let py = crate::setup::python_packages(&root, &pkgs)?;
+    output(crate::cargo(libtorch).args(["build", "--release", "-q", "-p", "genlab"]))?;
+    let bin = root.join("target/release/genlab");
+    let out = root.join("target/bench-quality").join(&q.family);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let threads = q.threads.to_string();
+    let env = |mut c: Command| {
+        c.current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("OMP_NUM_THREADS", &threads)
+            .env("MKL_NUM_THREADS", &threads)
+            .env("OMP_WAIT_POLICY", "PASSIVE");
+        c
+    };
+    let load_before = loadavg();
+    let t_all = Instant::now();
+
+    // The feature network: trained once, reused by later runs.
+    let clf = root.join("target/bench-quality/classifier");
+    if !clf.join("eval.json").exists() {
+        if clf.exists() {
+            std::fs::remove_dir_all(&clf).with_context(|| format!("clearing {}", clf.display()))?;
+        }
+        let mut c = env(Command::new(&bin));
+        c.args(["eval", "train-classifier", "--data", "fashion-mnist", "--steps", "3000", "--no-progress"])
+            .args(["--test", "fashion-mnist:test", "--out"])
+            .arg(&clf);
+        output(&mut c)?;
+    }
+    let clf_report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(clf.join("eval.json")).context("reading the classifier's eval.json")?,
+    )?;
+    let clf_acc = clf_report["test_accuracy"].as_f64().context("the classifier's eval.json has no test_accuracy")?;
+
+    // The peer reads the same images from an HDF5 file genlab writes.
+    let data_h5 = out.join("fashion-mnist.h5");
+    if !data_h5.exists() {
+        output(
+            Command::new(&bin).env_remove("LD_LIBRARY_PATH").args(["data", "convert", "fashion-mnist"]).arg(&data_h5),
+        )?;
+    }
+    let (steps, batch, n, seed) = (q.steps.to_string(), q.batch_size.to_string(), q.n.to_string(), q.seed.to_string());
+    let mut rows = Vec::new();
+
+    // genlab: the family's default run from the CLI.
+    let run = out.join("genlab-run");
+    if run.exists() {
+        std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
+    }
+    let model = match q.family.as_str() {
+        "diffusion" => "unet-small",
+        "gan" => "dcgan",
+        _ => "conv",
+    };
+    let mut train = env(Command::new(&bin));
+    train
+        .args([q.family.as_str(), "train", "--model", model, "--data", "fashion-mnist", "--steps", &steps])
+        .args(["--batch-size", &batch, "--seed", &seed, "--sample-every", "0", "--no-progress", "--out"])
+        .arg(&run);
+    let genlab_train_s = timed(&mut train)?;
+    let samplers: Vec<(String, Vec<&str>)> = if q.family == "diffusion" {
+        vec![
+            ("genlab DPM-Solver++ 20 (EMA)".into(), vec!["--sampler", "dpmpp-2m", "--steps", "20"]),
+            ("genlab DDIM 50 (EMA)".into(), vec!["--sampler", "ddim", "--steps", "50"]),
+        ]
+    } else {
+        vec![(format!("genlab {} {model}", q.family), vec![])]
+    };
+    for (i, (side, flags)) in samplers.iter().enumerate() {
+        let file = out.join(format!("genlab-{i}.h5"));
+        let mut s = env(Command::new(&bin));
+        s.args([q.family.as_str(), "sample", "--n", &n, "--seed", "1", "--run"])
+            .arg(&run)
+            .args(flags)
+            .arg("--out")
+            .arg(&file);
+        let sample_s = timed(&mut s)?;
+        let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &file, &clf, &out.join(format!("genlab-{i}.json")))?;
+        rows.push(QualityRow {
+            side: side.clone(),
+            train_s: (i == 0).then_some(genlab_train_s),
+            sample_s_per_image: sample_s / q.n as f64,
+            fd,
+            kid,
+            real_fd,
+            real_kid,
+        });
+    }
+
+    // The peer, in its own process.
+    let (peer_h5, peer_json) = (out.join("peer.h5"), out.join("peer.json"));
+    let mut p = env(Command::new(&py));
+    p.arg(root.join("bench/quality_peer.py"))
+        .args(["--family", &q.family, "--data"])
+        .arg(&data_h5)
+        .args(["--steps", &steps, "--batch-size", &batch, "--n", &n, "--threads", &threads, "--seed", &seed])
+        .arg("--out")
+        .arg(&peer_h5)
+        .arg("--json")
+        .arg(&peer_json);
+    output(&mut p)?;
+    let peer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&peer_json).context("reading peer.json")?)?;
+    let num = |k: &str| peer[k].as_f64().with_context(|| format!("peer.json has no `{k}`"));
+    let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &peer_h5, &clf, &out.join("peer-eval.json"))?;
+    rows.push(QualityRow {
+        side: peer["what"].as_str().unwrap_or("peer").to_string(),
+        train_s: Some(num("train_s")?),
+        sample_s_per_image: num("sample_s")? / q.n as f64,
+        fd,
+        kid,
+        real_fd,
+        real_kid,
+    });
+
+    let peer_name = match q.family.as_str() {
+        "diffusion" => {
+            "denoising-diffusion-pytorch 2.3.4 (`Unet(dim=32, dim_mults=(1, 2, 2))`, its `GaussianDiffusion` \
+                        and `Trainer` defaults)"
+        }
+        "gan" => "the PyTorch DCGAN tutorial's networks at 28x28",
+        _ => "pytorch/examples' VAE",
+    };
+    let mut md = String::new();
+    md.push_str(&format!("# Sample quality at a fixed budget: {}\n\n", q.family));
+    md.push_str(&format!(
+        "`cargo xtask bench quality {} --steps {} --batch-size {} --n {} --threads {} --seed {}`. genlab's default \
+         `{} train --model {model}` beside {peer_name} (`bench/quality_peer.py`), one after the other on the \
+         Fashion-MNIST training set, {} steps of batch {}, {} thread(s) each, torch {} under both. {} samples per \
+         row. FD and KID in the 128-d penultimate features of genlab's Fashion-MNIST classifier \
+         (`genlab eval train-classifier`, 3,000 steps, test accuracy {:.4}), against {} random test images; \
+         \"real\" is {} random training images against the same reference. KID is x1000 (mean ± std over 100 \
+         subsets). CPU: {}, {} cores; load average {load_before} before, {} after; {:.0} s in all (the machine \
+         may be shared, so other load may be in the times).\n\n",
+        q.family,
+        q.steps,
+        q.batch_size,
+        q.n,
+        q.threads,
+        q.seed,
+        q.family,
+        q.steps,
+        q.batch_size,
+        q.threads,
+        crate::setup::TORCH_VERSION,
+        q.n,
+        clf_acc,
+        q.n,
+        q.n,
+        cpu_model(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        loadavg(),
+        t_all.elapsed().as_secs_f64(),
+    ));
+    md.push_str("| side | FD | KID x1000 | train s | sample s / image |\n|---|---:|---:|---:|---:|\n");
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} ± {:.1} | {} | {:.4} |\n",
+            r.side,
+            r.fd,
+            r.kid.0 * 1e3,
+            r.kid.1 * 1e3,
+            r.train_s.map(|s| format!("{s:.0}")).unwrap_or_else(|| "(same run)".into()),
+            r.sample_s_per_image
+        ));
+    }
+    let r = &rows[0];
+    md.push_str(&format!(
+        "| real (training images) | {:.1} | {:.1} ± {:.1} | | |\n",
+        r.real_fd,
+        r.real_kid.0 * 1e3,
+        r.real_kid.1 * 1e3
+    ));
+    let peer_fd = rows.last().map(|r| r.fd).unwrap_or(f64::NAN);
+    md.push_str(&format!(
+        "\nFD ratio, peer / genlab (first row): {:.2}x; above 1 means genlab's samples are closer to the data.\n",
+        peer_fd / rows[0].fd
+    ));
+    let name =
+        if q.family == "diffusion" { "bench/quality.md".to_string() } else { format!("bench/quality-{}.md", q.family) };
+    std::fs::write(root.join(&name), &md).with_context(|| format!("writing {name}"))?;
+    print!("{md}");
+    eprintln!("wrote {name}; samples and eval JSON under {}", out.display());
     Ok(())
 }
