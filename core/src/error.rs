@@ -30,6 +30,11 @@ pub enum CoreError {
     Hdf5 { path: PathBuf, message: String },
     #[error("distributed run, rank {rank} of {world}: {what} failed: {message}")]
     Dist { rank: usize, world: usize, what: String, message: String },
+    /// An error of another genlab crate (a family's training step or sampler, a data loader) that
+    /// reached core's harness, kept whole: [`CoreError::downcast_ref`] gives back the original error
+    /// with its variant, and the message is the original's.
+    #[error(transparent)]
+    Task(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("{0}")]
     Other(String),
 }
@@ -37,6 +42,19 @@ pub enum CoreError {
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
+    /// Wrap another crate's error, keeping its type and variant (see [`CoreError::Task`]).
+    pub fn task(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        CoreError::Task(Box::new(e))
+    }
+
+    /// The wrapped error of a [`CoreError::Task`] as `E`, if it is one.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            CoreError::Task(e) => e.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CoreError::Io { path: path.into(), error: source }
     }

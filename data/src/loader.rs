@@ -214,8 +214,8 @@ impl BatchSource for Loader {
         let (got, hb) = received.ok_or_else(|| genlab_core::CoreError::Other("data loader thread stopped".into()))?;
         debug_assert_eq!(got, step);
         self.next_step += 1;
-        let hb = hb.map_err(|e| genlab_core::CoreError::Other(e.to_string()))?;
-        self.to_batch(hb, step).map_err(|e| genlab_core::CoreError::Other(e.to_string()))
+        let hb = hb.map_err(genlab_core::CoreError::from)?;
+        self.to_batch(hb, step).map_err(genlab_core::CoreError::from)
     }
 }
 

@@ -75,3 +75,14 @@ pub enum DiffusionError {
 }
 
 pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
+
+/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
+/// other keeps its variant inside [`genlab_core::CoreError::Task`].
+impl From<DiffusionError> for genlab_core::CoreError {
+    fn from(e: DiffusionError) -> Self {
+        match e {
+            DiffusionError::Core(c) => c,
+            e => genlab_core::CoreError::task(e),
+        }
+    }
+}

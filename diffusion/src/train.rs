@@ -386,16 +386,9 @@ impl std::fmt::Debug for DiffusionTask {
     }
 }
 
-fn to_core(e: DiffusionError) -> CoreError {
-    match e {
-        DiffusionError::Core(c) => c,
-        e => CoreError::Other(e.to_string()),
-    }
-}
-
 impl TrainTask for DiffusionTask {
     fn train_step(&mut self, batch: &Batch, _step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch).map_err(to_core)
+        self.step(batch).map_err(CoreError::from)
     }
 
     /// EMA samples with the run's monitoring scheduler, cycling through the classes of a
@@ -409,7 +402,7 @@ impl TrainTask for DiffusionTask {
             }
             None => crate::sample::sample(model, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0),
         }
-        .map_err(to_core)
+        .map_err(CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {

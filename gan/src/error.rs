@@ -24,3 +24,14 @@ pub enum GanError {
 }
 
 pub type Result<T, E = GanError> = std::result::Result<T, E>;
+
+/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
+/// other keeps its variant inside [`genlab_core::CoreError::Task`].
+impl From<GanError> for genlab_core::CoreError {
+    fn from(e: GanError) -> Self {
+        match e {
+            GanError::Core(c) => c,
+            e => genlab_core::CoreError::task(e),
+        }
+    }
+}

@@ -470,21 +470,14 @@ impl GanTask {
     }
 }
 
-fn to_core(e: GanError) -> genlab_core::CoreError {
-    match e {
-        GanError::Core(c) => c,
-        other => genlab_core::CoreError::Other(other.to_string()),
-    }
-}
-
 impl TrainTask for GanTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(to_core)
+        self.step(batch, step).map_err(genlab_core::CoreError::from)
     }
 
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        let g = self.ema_generator().map_err(to_core)?;
-        crate::sample::sample(g, n, None).map_err(to_core)
+        let g = self.ema_generator().map_err(genlab_core::CoreError::from)?;
+        crate::sample::sample(g, n, None).map_err(genlab_core::CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {

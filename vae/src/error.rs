@@ -16,3 +16,14 @@ pub enum VaeError {
 }
 
 pub type Result<T, E = VaeError> = std::result::Result<T, E>;
+
+/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
+/// other keeps its variant inside [`genlab_core::CoreError::Task`].
+impl From<VaeError> for genlab_core::CoreError {
+    fn from(e: VaeError) -> Self {
+        match e {
+            VaeError::Core(c) => c,
+            e => genlab_core::CoreError::task(e),
+        }
+    }
+}

@@ -86,12 +86,11 @@ impl VaeTask {
 
 impl TrainTask for VaeTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        let to_core = |e: VaeError| genlab_core::CoreError::Other(e.to_string());
         let (terms, _) = self
             .run
             .precision
             .autocast(self.device, || elbo_terms(&self.model, &batch.images, batch.labels.as_ref()))
-            .map_err(to_core)?;
+            .map_err(genlab_core::CoreError::from)?;
         let w = kl_weight(self.model.cfg.beta, step, self.model.cfg.kl_warmup_steps);
         let loss = terms.loss(w);
         self.opt.backward_step_with(&loss, self.scaler.as_mut());
@@ -111,7 +110,7 @@ impl TrainTask for VaeTask {
     }
 
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        crate::sample::sample_prior(&self.model, n, None).map_err(|e| genlab_core::CoreError::Other(e.to_string()))
+        crate::sample::sample_prior(&self.model, n, None).map_err(genlab_core::CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {

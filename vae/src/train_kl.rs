@@ -134,10 +134,12 @@ impl KlAutoencoderTask {
 
 impl TrainTask for KlAutoencoderTask {
     fn train_step(&mut self, batch: &Batch, _step: u64) -> genlab_core::Result<StepOutput> {
-        let to_core = |e: VaeError| genlab_core::CoreError::Other(e.to_string());
         let x = &batch.images;
-        let (loss, rec, kl, recon) =
-            self.run.precision.autocast(self.device, || kl_step_terms(&self.model, &self.run, x)).map_err(to_core)?;
+        let (loss, rec, kl, recon) = self
+            .run
+            .precision
+            .autocast(self.device, || kl_step_terms(&self.model, &self.run, x))
+            .map_err(genlab_core::CoreError::from)?;
         self.opt.backward_step_with(&loss, self.scaler.as_mut());
         let mse = tch::no_grad(|| (recon.to_kind(Kind::Float) - x).square().mean(Kind::Float).double_value(&[]));
         self.last_batch = Some(x.shallow_clone());
@@ -154,15 +156,14 @@ impl TrainTask for KlAutoencoderTask {
     /// The first n/2 images of the latest batch above their reconstructions (posterior mode); before any
     /// step, decodes of random latents.
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        let to_core = |e: VaeError| genlab_core::CoreError::Other(e.to_string());
         match &self.last_batch {
             Some(x) if n >= 2 => {
                 let k = (n / 2).min(x.size()[0]);
                 let x = x.narrow(0, 0, k);
-                let r = crate::sample::reconstruct_kl(&self.model, &x).map_err(to_core)?;
+                let r = crate::sample::reconstruct_kl(&self.model, &x).map_err(genlab_core::CoreError::from)?;
                 Ok(Tensor::cat(&[x, r], 0))
             }
-            _ => crate::sample::decode_random_latents(&self.model, n).map_err(to_core),
+            _ => crate::sample::decode_random_latents(&self.model, n).map_err(genlab_core::CoreError::from),
         }
     }
 

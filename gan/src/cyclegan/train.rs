@@ -359,22 +359,15 @@ impl CycleGanTask {
     }
 }
 
-fn to_core(e: GanError) -> genlab_core::CoreError {
-    match e {
-        GanError::Core(c) => c,
-        other => genlab_core::CoreError::Other(other.to_string()),
-    }
-}
-
 impl TrainTask for CycleGanTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        let (a, b) = split_batch(&batch.images).map_err(to_core)?;
-        self.step_on(&a, &b, step).map_err(to_core)
+        let (a, b) = split_batch(&batch.images).map_err(genlab_core::CoreError::from)?;
+        self.step_on(&a, &b, step).map_err(genlab_core::CoreError::from)
     }
 
     /// A | G_A(A) | B | G_B(B) rows of the latest batch (see [`CycleGanTask::grid`]).
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        self.grid(n).map_err(to_core)
+        self.grid(n).map_err(genlab_core::CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {

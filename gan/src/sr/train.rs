@@ -273,21 +273,14 @@ impl SrTask {
     }
 }
 
-fn to_core(e: GanError) -> genlab_core::CoreError {
-    match e {
-        GanError::Core(c) => c,
-        other => genlab_core::CoreError::Other(other.to_string()),
-    }
-}
-
 impl TrainTask for SrTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(to_core)
+        self.step(batch, step).map_err(genlab_core::CoreError::from)
     }
 
     /// Bicubic | super-resolved | original triplets of the latest batch (see [`SrTask`]).
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        self.triplets(n).map_err(to_core)
+        self.triplets(n).map_err(genlab_core::CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {

@@ -426,21 +426,15 @@ impl StyleGan2Task {
     }
 }
 
-fn to_core(e: GanError) -> genlab_core::CoreError {
-    match e {
-        GanError::Core(c) => c,
-        other => genlab_core::CoreError::Other(other.to_string()),
-    }
-}
-
 impl TrainTask for StyleGan2Task {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(to_core)
+        self.step(batch, step).map_err(genlab_core::CoreError::from)
     }
 
     /// Samples of the averaged generator (no truncation, constant noise), cropped to the data's shape.
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        crate::stylegan2::tools::sample(&self.ema_generator, n, 1.0, NoiseMode::Const).map_err(to_core)
+        crate::stylegan2::tools::sample(&self.ema_generator, n, 1.0, NoiseMode::Const)
+            .map_err(genlab_core::CoreError::from)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
