@@ -669,6 +669,15 @@ fn quality_eval(bin: &Path, samples: &Path, clf: &Path, json: &Path) -> Result<(
     ))
 }
 
+/// A 36-image grid of a sample file, written to `png`.
+fn quality_grid(bin: &Path, samples: &Path, png: &Path) -> Result<()> {
+    let spec = format!("{}", samples.display());
+    output(
+        Command::new(bin).env_remove("LD_LIBRARY_PATH").args(["data", "preview", &spec, "--n", "36", "--out"]).arg(png),
+    )?;
+    Ok(())
+}
+
 /// Run `cmd` and return its wall time in seconds.
 fn timed(cmd: &mut Command) -> Result<f64> {
     let t = Instant::now();
@@ -733,6 +742,7 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
     }
     let (steps, batch, n, seed) = (q.steps.to_string(), q.batch_size.to_string(), q.n.to_string(), q.seed.to_string());
     let mut rows = Vec::new();
+    let mut grids: Vec<(String, String)> = Vec::new();
 
     // genlab: the family's default run from the CLI.
     let run = out.join("genlab-run");
@@ -768,6 +778,9 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
             .arg(&file);
         let sample_s = timed(&mut s)?;
         let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &file, &clf, &out.join(format!("genlab-{i}.json")))?;
+        let png = format!("quality-{}-genlab-{i}.png", q.family);
+        quality_grid(&bin, &file, &root.join("bench").join(&png))?;
+        grids.push((side.clone(), png));
         rows.push(QualityRow {
             side: side.clone(),
             train_s: (i == 0).then_some(genlab_train_s),
@@ -795,6 +808,9 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
         serde_json::from_str(&std::fs::read_to_string(&peer_json).context("reading peer.json")?)?;
     let num = |k: &str| peer[k].as_f64().with_context(|| format!("peer.json has no `{k}`"));
     let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &peer_h5, &clf, &out.join("peer-eval.json"))?;
+    let png = format!("quality-{}-peer.png", q.family);
+    quality_grid(&bin, &peer_h5, &root.join("bench").join(&png))?;
+    grids.push(("peer".to_string(), png));
     rows.push(QualityRow {
         side: peer["what"].as_str().unwrap_or("peer").to_string(),
         train_s: Some(num("train_s")?),
@@ -868,6 +884,10 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
         "\nFD ratio, peer / genlab (first row): {:.2}x; above 1 means genlab's samples are closer to the data.\n",
         peer_fd / rows[0].fd
     ));
+    md.push_str("\nThe first 36 samples of each side:\n\n");
+    for (side, png) in &grids {
+        md.push_str(&format!("- {side}: ![{side}]({png})\n"));
+    }
     let name =
         if q.family == "diffusion" { "bench/quality.md".to_string() } else { format!("bench/quality-{}.md", q.family) };
     std::fs::write(root.join(&name), &md).with_context(|| format!("writing {name}"))?;
