@@ -10,6 +10,17 @@ use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{NoiseSchedule, ScheduleConfig, SchedulerKind, UNet2DModel};
 use tch::{Device, Kind, Tensor};
 
+/// `steps` steps into `dir` with no progress bar, sample grids or intermediate checkpoints.
+fn quiet_harness(dir: &std::path::Path, steps: u64) -> HarnessConfig {
+    HarnessConfig {
+        progress: false,
+        sample_every: 0,
+        checkpoint_every: 0,
+        n_samples: 16,
+        ..HarnessConfig::new(dir, steps)
+    }
+}
+
 fn all_images(ds: &dyn Dataset) -> Tensor {
     let [c, h, w] = ds.shape();
     let px: Vec<u8> = (0..ds.len()).flat_map(|i| ds.get(i).unwrap().image).collect();
@@ -70,13 +81,7 @@ fn unet_tiny_learns_digits() {
     let before = held_out_loss(&task.net.unet, &schedule, &x);
     let mut loader = Loader::new(ds, LoaderConfig::new(32, 0, Device::Cpu)).unwrap();
     let steps = 400;
-    let cfg = HarnessConfig {
-        progress: false,
-        sample_every: 0,
-        checkpoint_every: 0,
-        n_samples: 16,
-        ..HarnessConfig::new(tmp.path(), steps)
-    };
+    let cfg = quiet_harness(tmp.path(), steps);
     run(&mut task, &mut loader, &cfg).unwrap();
     let train_s = t0.elapsed().as_secs_f64();
     let after = held_out_loss(&task.net.unet, &schedule, &x);
@@ -148,13 +153,7 @@ fn recipe_on_fashion_14(mut run_cfg: DiffusionRunConfig, steps: u64) -> RecipeSc
     tch::manual_seed(0);
     let mut task = DiffusionTask::new(run_cfg, Device::Cpu).unwrap();
     let mut loader = Loader::new(std::sync::Arc::new(train), LoaderConfig::new(64, 0, Device::Cpu)).unwrap();
-    let cfg = HarnessConfig {
-        progress: false,
-        sample_every: 0,
-        checkpoint_every: 0,
-        n_samples: 16,
-        ..HarnessConfig::new(tmp.path(), steps)
-    };
+    let cfg = quiet_harness(tmp.path(), steps);
     run(&mut task, &mut loader, &cfg).unwrap();
     let train_s = t0.elapsed().as_secs_f64();
     let schedule = task.run.schedule.clone();
