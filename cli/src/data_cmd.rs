@@ -1,7 +1,7 @@
 //! `genlab data ...` and the dataset flags every `train` shares.
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use genlab_data::{Crop, OpenOptions};
+use genlab_data::{Crop, OpenOptions, Selection};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -54,39 +54,36 @@ fn parse_size(s: &str) -> Result<[usize; 2], String> {
 }
 
 impl DataOptions {
-    /// Open `spec`; `seed` seeds random crops.
-    pub fn open(&self, spec: &str, seed: u64) -> Result<Arc<dyn genlab_data::Dataset>> {
+    /// How to read a source (`seed` seeds random crops).
+    pub fn read(&self, seed: u64) -> Result<OpenOptions> {
         if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
             bail!("--channels must be 1 or 3, not {c}");
         }
-        let opts = OpenOptions {
+        Ok(OpenOptions {
             size: self.image_size,
             channels: self.channels,
             crop: if self.random_crop { Crop::Random { seed } } else { Crop::Center },
             skip_bad: self.skip_bad,
             h5_labels: self.h5_labels.clone(),
-        };
-        let mut ds = genlab_data::open_with(spec, &opts)?;
-        if let Some(k) = self.exclude_class {
-            ds = Arc::new(genlab_data::Subset::without_class(ds, k)?);
+        })
+    }
+
+    /// Which items to keep.
+    pub fn selection(&self) -> Result<Selection> {
+        if self.limit == Some(0) {
+            bail!("--limit must be at least 1");
         }
-        if let Some(n) = self.per_class {
-            ds = Arc::new(genlab_data::Subset::per_class(ds, n)?);
-        }
-        if let Some(n) = self.limit {
-            if n == 0 {
-                bail!("--limit must be at least 1");
-            }
-            ds = Arc::new(genlab_data::Subset::first(ds, n)?);
-        }
-        if self.add.is_empty() {
-            return Ok(ds);
-        }
-        let mut parts = vec![ds];
-        for extra in &self.add {
-            parts.push(genlab_data::open_with(extra, &opts).with_context(|| format!("--add {extra}"))?);
-        }
-        Ok(Arc::new(genlab_data::Concat::new(parts)?))
+        Ok(Selection {
+            exclude_class: self.exclude_class,
+            per_class: self.per_class,
+            limit: self.limit,
+            add: self.add.clone(),
+        })
+    }
+
+    /// Open `spec`; `seed` seeds random crops.
+    pub fn open(&self, spec: &str, seed: u64) -> Result<Arc<dyn genlab_data::Dataset>> {
+        Ok(genlab_data::open_selected(spec, &self.read(seed)?, &self.selection()?)?)
     }
 }
 

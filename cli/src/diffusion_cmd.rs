@@ -3,6 +3,7 @@ use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::ema::EmaWarmup;
+use genlab_core::run::Start;
 use genlab_core::DeviceSpec;
 use genlab_diffusion::latent::{
     self, install_autoencoder, latent_run_config, load_run, load_run_weights, LatentOptions,
@@ -358,8 +359,7 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 fn train(f: TrainFlags) -> Result<()> {
     let a = &f.common;
     let device = a.device.resolve()?;
-    let mut fresh = false;
-    let mut run = a.run_config(|ds| {
+    let fresh = |ds: &std::sync::Arc<dyn genlab_data::Dataset>| {
         let [c, h, w] = ds.shape();
         let num_classes = match (f.cond, ds.num_classes()) {
             (false, _) => None,
@@ -402,7 +402,6 @@ fn train(f: TrainFlags) -> Result<()> {
                 latent_run_config(&a.model, ae, ds, num_classes, schedule, &a.data, &opts, device)?
             }
         };
-        fresh = true;
         run.lr = a.lr.unwrap_or(run.lr);
         run.batch_size = a.batch_size.unwrap_or(run.batch_size);
         run.precision = a.precision;
@@ -419,48 +418,40 @@ fn train(f: TrainFlags) -> Result<()> {
         run.max_grad_norm = (f.max_grad_norm > 0.0).then_some(f.max_grad_norm);
         run.weight_decay = f.weight_decay;
         Ok(run)
-    })?;
-    let group = genlab_core::dist::group();
-    if let Some(g) = &group {
-        // Every rank trains rank 0's configuration: a latent run's scale is estimated from
-        // encoded batches, which the loader shards by rank.
-        let mut bytes = serde_json::to_vec(&run)?;
-        g.broadcast_bytes(&mut bytes, 0)?;
-        run = serde_json::from_slice(&bytes)?;
-    }
-    match (&run.latent, fresh) {
-        (Some(_), true) if !genlab_core::dist::is_leader() => {}
-        (Some(l), true) => {
-            let dir = install_autoencoder(&run, &a.out)?;
-            let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
-            eprintln!(
-                "latent diffusion on {:?} latents of {} (copied to {}), scale {:.6} ({how})",
-                l.latent_shape,
-                l.autoencoder_source.display(),
-                dir.display(),
-                l.scale
-            );
-        }
-        (_, false) => {
-            run.check_resume(f.latent_autoencoder.as_deref(), f.latent_scale)?;
-            if f.latent_autoencoder.is_some() {
+    };
+    let out = a.out.clone();
+    a.fit(device, fresh, |run: DiffusionRunConfig, start, device| {
+        match (&run.latent, start) {
+            (Some(_), Start::Fresh) if !genlab_core::dist::is_leader() => {}
+            (Some(l), Start::Fresh) => {
+                let dir = install_autoencoder(&run, &out)?;
+                let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
                 eprintln!(
-                    "resuming with the run's own copy of the autoencoder ({})",
-                    a.out.join(latent::AUTOENCODER_DIR).display()
+                    "latent diffusion on {:?} latents of {} (copied to {}), scale {:.6} ({how})",
+                    l.latent_shape,
+                    l.autoencoder_source.display(),
+                    dir.display(),
+                    l.scale
                 );
             }
+            (_, Start::Resume) => {
+                run.check_resume(f.latent_autoencoder.as_deref(), f.latent_scale)?;
+                if f.latent_autoencoder.is_some() {
+                    eprintln!(
+                        "resuming with the run's own copy of the autoencoder ({})",
+                        out.join(latent::AUTOENCODER_DIR).display()
+                    );
+                }
+            }
+            (None, Start::Fresh) => {}
         }
-        (None, true) => {}
-    }
-    if let (Some(g), Some(_)) = (&group, &run.latent) {
-        // The other ranks load rank 0's copy of the autoencoder.
-        g.barrier()?;
-    }
-    let out = a.out.clone();
-    a.train(run, device, |run, device| Ok(DiffusionTask::for_run(run, &out, device)?))
+        if let (Some(g), Some(_)) = (genlab_core::dist::group(), &run.latent) {
+            // The other ranks load rank 0's copy of the autoencoder.
+            g.barrier()?;
+        }
+        Ok(DiffusionTask::for_run(run, &out, device)?)
+    })
 }
-
-run_config!(DiffusionRunConfig, "a diffusion run configuration");
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {
     let a = &f.common;

@@ -5,13 +5,13 @@ use crate::data_cmd::{DataOptions, DATASET_HELP};
 use crate::TrainArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use genlab_core::seed::Rng;
+use genlab_core::run::{ImageSampler, RunId, RunKind};
 use genlab_core::DeviceSpec;
 use genlab_data::Dataset;
+use genlab_diffusion::load::DiffusionRun;
 use genlab_eval::classifier::{ClassifierRunConfig, ClassifierTask};
-use genlab_eval::features::embed_all;
-use genlab_eval::report::{compare, CompareConfig, Comparison};
-use genlab_eval::{FeatureNet, FeatureStats, Features, KidConfig};
+use genlab_eval::evaluate::{evaluate_against, real_sets, sample_images, EvalOptions};
+use genlab_eval::report::Comparison;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -104,22 +104,23 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     }
 }
 
-run_config!(ClassifierRunConfig, "a classifier run configuration");
-
 fn train_classifier(a: ClassifierArgs) -> Result<()> {
     let c = &a.common;
     let device = c.device.resolve()?;
-    let run = c.run_config(|ds| {
-        let [ch, h, w] = ds.shape();
-        let shape = [ch as i64, h as i64, w as i64];
-        let mut run = ClassifierRunConfig::from_preset(&c.model, shape, ds.num_classes(), &c.data, c.steps)?;
-        run.lr = c.lr.unwrap_or(run.lr);
-        run.batch_size = c.batch_size.unwrap_or(run.batch_size);
-        run.precision = c.precision;
-        Ok(run)
-    })?;
     let t0 = Instant::now();
-    c.train(run, device, |run, device| Ok(ClassifierTask::new(run, device)?))?;
+    c.fit(
+        device,
+        |ds| {
+            let [ch, h, w] = ds.shape();
+            let shape = [ch as i64, h as i64, w as i64];
+            let mut run = ClassifierRunConfig::from_preset(&c.model, shape, ds.num_classes(), &c.data, c.steps)?;
+            run.lr = c.lr.unwrap_or(run.lr);
+            run.batch_size = c.batch_size.unwrap_or(run.batch_size);
+            run.precision = c.precision;
+            Ok(run)
+        },
+        |run, _, device| Ok(ClassifierTask::new(run, device)?),
+    )?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let Some(test) = &a.test else { return Ok(()) };
     let clf = genlab_eval::classifier::load(&c.out, device)?;
@@ -153,174 +154,26 @@ fn read_options(d: &DataOptions) -> genlab_data::OpenOptions {
     }
 }
 
-/// `n` random distinct indices below `len`, in a seed-determined order.
-fn pick(len: usize, n: usize, rng: &mut Rng) -> Vec<usize> {
-    let mut p = rng.permutation(len);
-    p.truncate(n);
-    p
-}
-
-fn images_of(ds: &dyn Dataset, idx: &[usize]) -> Result<Tensor> {
-    Ok(genlab_data::batch_of(ds, idx)?.0)
-}
-
-/// The reference set and the real set for the baseline, `n` images each, and how they were chosen.
-fn real_sets(e: &EvalArgs, data: &str, n: usize) -> Result<(Tensor, Tensor, String, String)> {
-    let ds = e.data_options.open(data, e.seed)?;
-    let mut rng = Rng::derive(e.seed, &[0x7265_6673]);
-    let explicit = e.reference.clone();
-    let test_split = format!("{data}:test");
-    let reference = match explicit {
-        Some(r) => Some(r),
-        None => genlab_data::builtin::open_builtin(&test_split).filter(|r| r.is_ok()).map(|_| test_split),
-    };
-    let need = |have: usize, what: &str| -> Result<()> {
-        if have < n {
-            bail!("{what} has {have} images; --n {n} needs {n} (lower --n)");
-        }
-        Ok(())
-    };
-    match reference {
-        Some(spec) => {
-            let rs = genlab_data::open_with(&spec, &read_options(&e.data_options))?;
-            need(rs.len(), &spec)?;
-            need(ds.len(), data)?;
-            let r = images_of(rs.as_ref(), &pick(rs.len(), n, &mut rng))?;
-            let x = images_of(ds.as_ref(), &pick(ds.len(), n, &mut rng))?;
-            Ok((r, x, format!("{n} random images of {spec}"), format!("{n} random images of {data}")))
-        }
-        None => {
-            if ds.len() < 2 * n {
-                bail!(
-                    "{data} has {} images and no test split: the reference and the real baseline are two disjoint \
-                     halves of {n}, so --n can be at most {} (or name a --reference)",
-                    ds.len(),
-                    ds.len() / 2
-                );
+/// The run at `path` as a sampler, whichever family and kind it is.
+fn open_sampler(e: &EvalArgs, run: &Path, device: Device) -> Result<Box<dyn ImageSampler>> {
+    let (_, config) = genlab_core::run::config_json(run)?;
+    let id = RunId::of_config(&config);
+    if id.family != genlab_diffusion::train::FAMILY && (e.sampler.is_some() || e.steps.is_some()) {
+        bail!("--sampler and --steps apply to diffusion runs; {} is a `{id}` run", run.display());
+    }
+    Ok(match id.family.as_str() {
+        genlab_vae::train::FAMILY => genlab_vae::load::open_sampler(run, device)?,
+        genlab_gan::train::FAMILY => genlab_gan::load::open_sampler(run, device)?,
+        genlab_diffusion::train::FAMILY => {
+            let mut d = DiffusionRun::open(run, e.weights.parse()?, device)?;
+            if let Some(s) = &e.sampler {
+                d.options.scheduler = s.parse()?;
             }
-            let idx = pick(ds.len(), 2 * n, &mut rng);
-            let (a, b) = idx.split_at(n);
-            let what = |part: &str| format!("{n} random images of {data} ({part} of a disjoint split)");
-            Ok((images_of(ds.as_ref(), a)?, images_of(ds.as_ref(), b)?, what("one half"), what("the other half")))
+            d.options.steps = e.steps.unwrap_or(d.options.steps);
+            Box::new(d)
         }
-    }
-}
-
-/// The feature network `--features` names.
-fn feature_net(spec: &str, device: Device) -> Result<Box<dyn FeatureNet>> {
-    if spec == "inception" {
-        let path = genlab_eval::inception::default_weights_path()
-            .context("neither GENLAB_DATA_DIR nor HOME is set: no place to find the FID Inception weights")?;
-        if !path.is_file() {
-            bail!(
-                "--features inception needs the FID Inception-v3 weights at {}; run `cargo xtask download fid-inception` \
-                 (or `cargo xtask download fid-inception --from pt_inception-2015-12-05-6726825d.pth` with a copy \
-                 fetched elsewhere), or use --features classifier:RUN",
-                path.display()
-            );
-        }
-        let (vs, net) = genlab_eval::inception::FidInceptionV3::load(&path, device)?;
-        return Ok(Box::new(InceptionWithWeights { _vs: vs, net }));
-    }
-    if let Some(run) = spec.strip_prefix("classifier:") {
-        return Ok(Box::new(genlab_eval::classifier::load(Path::new(run), device)?));
-    }
-    bail!("--features `{spec}`: expected inception or classifier:RUN (a `genlab eval train-classifier` run)")
-}
-
-/// The Inception network and the variables it reads.
-struct InceptionWithWeights {
-    _vs: tch::nn::VarStore,
-    net: genlab_eval::inception::FidInceptionV3,
-}
-
-impl FeatureNet for InceptionWithWeights {
-    fn name(&self) -> String {
-        self.net.name()
-    }
-    fn dim(&self) -> i64 {
-        self.net.dim()
-    }
-    fn embed(&self, images: &Tensor) -> genlab_eval::Result<Features> {
-        self.net.embed(images)
-    }
-}
-
-/// Sampler settings for the families that take them.
-struct SamplerOptions<'a> {
-    sampler: Option<&'a str>,
-    steps: Option<usize>,
-    weights: &'a str,
-}
-
-/// `n` samples in [-1, 1] from a run of `family`, in batches, through the family crate's
-/// library sampling function.
-fn sample_run(
-    run: &Path,
-    family: &str,
-    n: i64,
-    batch: i64,
-    opts: &SamplerOptions<'_>,
-    device: Device,
-) -> Result<Tensor> {
-    let mut out = Vec::new();
-    let mut batches = |f: &mut dyn FnMut(i64) -> Result<Tensor>| -> Result<()> {
-        for lo in (0..n).step_by(batch.max(1) as usize) {
-            out.push(f(batch.max(1).min(n - lo))?.to_device(Device::Cpu));
-        }
-        Ok(())
-    };
-    match family {
-        "vae" if genlab_vae::train_kl::is_kl_run(run)? => {
-            let (_vs, model, _) = genlab_vae::train_kl::load(run, device)?;
-            batches(&mut |m| Ok(genlab_vae::sample::decode_random_latents(&model, m)?))?;
-        }
-        "vae" => {
-            let (_vs, model, _) = genlab_vae::train::load(run, device)?;
-            batches(&mut |m| Ok(tch::no_grad(|| genlab_vae::sample::sample_prior(&model, m, None))?))?;
-        }
-        "gan" if genlab_gan::stylegan2::train::is_stylegan2_run(run)? => {
-            let (_vs, g, _) = genlab_gan::stylegan2::train::load(run, device)?;
-            let noise = genlab_gan::stylegan2::generator::NoiseMode::Const;
-            batches(&mut |m| Ok(genlab_gan::stylegan2::tools::sample(&g, m, 1.0, noise)?))?;
-        }
-        "gan" => {
-            let (_vs, generator, _) = genlab_gan::train::load(run, device)?;
-            // A conditional generator draws every class in turn.
-            let k = generator.cfg.num_classes;
-            batches(&mut |m| {
-                let labels: Option<Vec<i64>> = k.map(|k| (0..m).map(|i| i % k).collect());
-                Ok(genlab_gan::sample::sample(&generator, m, labels.as_deref())?)
-            })?;
-        }
-        "diffusion" => {
-            use genlab_diffusion::latent;
-            let kind = opts.sampler.map(str::parse::<genlab_diffusion::SchedulerKind>).transpose()?;
-            let weights = opts.weights.parse::<genlab_diffusion::train::Weights>()?;
-            let (net, cfg, ae) = latent::load_run_weights(run, weights, device)?;
-            let (kind, steps) = (kind.unwrap_or(cfg.sample_scheduler), opts.steps.unwrap_or(cfg.sample_steps));
-            eprintln!("sampling {} with {kind}, {steps} steps, {} weights", run.display(), opts.weights);
-            batches(&mut |m| {
-                Ok(match &ae {
-                    Some(ae) => latent::sample(&net.unet, ae, &cfg.schedule, kind, steps, m, None, 1.0)?,
-                    None => genlab_diffusion::sample::sample(&net.unet, &cfg.schedule, kind, steps, m, None, 1.0)?,
-                })
-            })?;
-        }
-        other => bail!("{}: family `{other}` has no sampler; expected vae, gan or diffusion", run.display()),
-    }
-    Ok(Tensor::cat(&out, 0))
-}
-
-/// The family a run directory (or checkpoint folder) records in its config.json.
-fn family_of(run: &Path) -> Result<String> {
-    let ck = genlab_core::train::open_checkpoint(run)?;
-    Ok(ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string())
-}
-
-/// Round to 8 bits and back, as samples are when saved: a file and a run are evaluated alike.
-fn quantize(images: &Tensor) -> Tensor {
-    genlab_core::images::to_u8(images).to_kind(Kind::Float) / 127.5 - 1.0
+        _ => bail!("{}: a `{id}` run has no sampler; expected a vae, gan or diffusion run", run.display()),
+    })
 }
 
 /// ELBO and IWAE bounds of a VAE run on reference images.
@@ -353,42 +206,42 @@ fn vae_likelihood(run: &Path, images: &Tensor, k: usize, device: Device) -> Resu
 fn evaluate(e: EvalArgs) -> Result<()> {
     let Some(data) = e.data.clone() else { bail!("--data DATASET is required") };
     let device = e.device.resolve()?;
-    let batch = e.batch_size.max(1) as i64;
     let t_all = Instant::now();
     let mut source = serde_json::Map::new();
     let mut sampling = serde_json::Value::Null;
     let mut likelihood = serde_json::Value::Null;
-    let (generated, n) = match (&e.run, &e.samples) {
+    let mut vae_run = None;
+    let generated = match (&e.run, &e.samples) {
         (Some(run), None) => {
             let n = e.n.unwrap_or(1000);
             if n == 0 {
                 bail!("--n must be at least 1");
             }
-            let family = family_of(run)?;
+            let (_, config) = genlab_core::run::config_json(run)?;
+            let id = RunId::of_config(&config);
             tch::manual_seed(e.seed as i64);
+            let mut sampler = open_sampler(&e, run, device)?;
+            eprintln!("sampling {}", sampler.describe());
             let t = Instant::now();
-            let x = sample_run(
-                run,
-                &family,
-                n as i64,
-                batch,
-                &SamplerOptions { sampler: e.sampler.as_deref(), steps: e.steps, weights: &e.weights },
-                device,
-            )?;
+            let x = sample_images(sampler.as_mut(), n, e.batch_size)?;
             let secs = t.elapsed().as_secs_f64();
             eprintln!(
-                "sampled {n} images from the {family} run {} in {secs:.1} s ({:.4} s per sample)",
+                "sampled {n} images from the {} run {} in {secs:.1} s ({:.4} s per sample)",
+                id.family,
                 run.display(),
                 secs / n as f64
             );
             sampling = serde_json::json!({ "seconds": secs, "seconds_per_sample": secs / n as f64, "device": format!("{device:?}") });
-            if family == "diffusion" {
+            if id.family == genlab_diffusion::train::FAMILY {
                 sampling["sampler"] = e.sampler.clone().into();
                 sampling["steps"] = e.steps.into();
             }
+            if id == genlab_vae::train::VaeRunConfig::id() {
+                vae_run = Some(run.clone());
+            }
             source.insert("run".into(), run.display().to_string().into());
-            source.insert("family".into(), family.into());
-            (quantize(&x), n)
+            source.insert("family".into(), id.family.into());
+            x
         }
         (None, Some(file)) => {
             let spec = file.display().to_string();
@@ -400,38 +253,37 @@ fn evaluate(e: EvalArgs) -> Result<()> {
             }
             source.insert("samples".into(), spec.into());
             let idx: Vec<usize> = (0..n).collect();
-            (images_of(&ds, &idx)?, n)
+            genlab_data::batch_of(&ds, &idx)?.0
         }
         _ => bail!("give --run RUN_DIR (samples drawn from a trained run) or --samples FILE.h5"),
     };
-    let (reference, real, ref_what, real_what) = real_sets(&e, &data, n)?;
-    if generated.size()[1..] != reference.size()[1..] {
-        bail!(
-            "the samples are {:?} images but {data} has {:?}; compare images of one size and colour",
-            &generated.size()[1..],
-            &reference.size()[1..]
-        );
-    }
-    if let (Some(run), Some("vae")) = (&e.run, source.get("family").and_then(|f| f.as_str())) {
-        if !genlab_vae::train_kl::is_kl_run(run)? {
-            likelihood = vae_likelihood(run, &reference, e.iwae_k, device)?;
-        }
-    }
-
-    let net = feature_net(&e.features, device)?;
-    let t = Instant::now();
-    let embed = |x: &Tensor| embed_all(net.as_ref(), x, batch);
-    let (f_ref, f_real, f_gen) = (embed(&reference)?, embed(&real)?, embed(&generated)?);
-    eprintln!("features ({}, {}-d) of {} images in {:.1} s", net.name(), net.dim(), 3 * n, t.elapsed().as_secs_f64());
-    let cfg = CompareConfig {
-        kid: KidConfig { subsets: e.kid_subsets, seed: e.seed, ..KidConfig::default() },
-        class_coverage: e.features.starts_with("classifier:"),
-        ..CompareConfig::default()
+    let n = generated.size()[0] as usize;
+    let opts = EvalOptions {
+        data: data.clone(),
+        read: e.data_options.read(e.seed)?,
+        select: e.data_options.selection()?,
+        reference: e.reference.clone(),
+        features: e.features.clone(),
+        kid_subsets: e.kid_subsets,
+        batch_size: e.batch_size,
+        seed: e.seed,
+        device,
     };
-    let ref_stats = FeatureStats::fit(&f_ref.features).map_err(|e| e.to_string());
-    let gen = compare(&f_ref, &ref_stats, &f_gen, &cfg)?;
-    let base = compare(&f_ref, &ref_stats, &f_real, &cfg)?;
-    print_table(&gen, &base);
+    let sets = real_sets(&opts, n)?;
+    if let Some(run) = &vae_run {
+        likelihood = vae_likelihood(run, &sets.reference, e.iwae_k, device)?;
+    }
+    let t = Instant::now();
+    let ev = evaluate_against(&generated, &sets, &opts)?;
+    eprintln!(
+        "features ({}, {}-d) of {} images in {:.1} s",
+        ev.features,
+        ev.feature_dim,
+        3 * n,
+        t.elapsed().as_secs_f64()
+    );
+    let (gen, base) = (&ev.generated, &ev.baseline);
+    print_table(gen, base);
     if let Some(l) = likelihood.as_object() {
         println!(
             "VAE on {} reference images: negative ELBO {:.3} nats, IWAE-{} bound on NLL {:.3} nats",
@@ -452,10 +304,10 @@ fn evaluate(e: EvalArgs) -> Result<()> {
             "source": source,
             "data": data,
             "n": n,
-            "features": net.name(),
-            "feature_dim": net.dim(),
-            "reference": ref_what,
-            "real": real_what,
+            "features": ev.features,
+            "feature_dim": ev.feature_dim,
+            "reference": ev.reference,
+            "real": ev.real,
             "generated_vs_reference": gen,
             "real_vs_reference": base,
             "sampling": sampling,

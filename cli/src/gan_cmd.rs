@@ -287,44 +287,53 @@ fn train(args: GanTrainArgs) -> Result<()> {
     }
     let a = &args.common;
     let device = a.device.resolve()?;
-    let run = a.run_config(|ds| {
-        let [c, h, w] = ds.shape();
-        let mut run = GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-        if let Some(lr) = a.lr {
-            run.lr_g = lr;
-            run.lr_d = lr;
-        }
-        run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.precision = a.precision;
-        run.validate()?;
-        Ok(run)
-    })?;
-    a.train(run, device, |run, device| Ok(GanTask::new(run, device)?))
+    a.fit(
+        device,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let mut run =
+                GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
+            if let Some(lr) = a.lr {
+                run.lr_g = lr;
+                run.lr_d = lr;
+            }
+            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.precision = a.precision;
+            run.validate()?;
+            Ok(run)
+        },
+        |run, _, device| Ok(GanTask::new(run, device)?),
+    )
 }
 
 /// `genlab gan train` for the super-resolution presets (`genlab_gan::sr::train`).
 fn train_sr(args: GanTrainArgs) -> Result<()> {
     let a = &args.common;
     let device = a.device.resolve()?;
-    let run = a.run_config(|ds| {
-        let [c, h, w] = ds.shape();
-        let mut run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
-        if let Some(lr) = a.lr {
-            run.lr_g = lr;
-            run.lr_d = lr;
-        }
-        run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.pretrain_steps = args.pretrain_steps.unwrap_or(run.pretrain_steps);
-        run.precision = a.precision;
-        run.validate()?;
-        Ok(run)
-    })?;
-    if a.resume && args.scale.is_some_and(|s| s != run.sr.scale) {
-        bail!("{}: the run upscales x{}; --scale cannot change when resuming", a.out.display(), run.sr.scale);
-    }
-    a.train(run, device, |run, device| Ok(SrTask::new(run, device)?))
+    a.fit(
+        device,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let mut run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
+            if let Some(lr) = a.lr {
+                run.lr_g = lr;
+                run.lr_d = lr;
+            }
+            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.pretrain_steps = args.pretrain_steps.unwrap_or(run.pretrain_steps);
+            run.precision = a.precision;
+            run.validate()?;
+            Ok(run)
+        },
+        |run, _, device| {
+            if a.resume && args.scale.is_some_and(|s| s != run.sr.scale) {
+                bail!("{}: the run upscales x{}; --scale cannot change when resuming", a.out.display(), run.sr.scale);
+            }
+            Ok(SrTask::new(run, device)?)
+        },
+    )
 }
 
 /// `genlab gan train` for the StyleGAN2 presets (`genlab_gan::stylegan2::train`).
@@ -334,20 +343,23 @@ fn train_stylegan2(args: GanTrainArgs) -> Result<()> {
     }
     let a = &args.common;
     let device = a.device.resolve()?;
-    let run = a.run_config(|ds| {
-        let [c, h, w] = ds.shape();
-        let mut run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-        if let Some(lr) = a.lr {
-            run.lr_g = lr;
-            run.lr_d = lr;
-        }
-        run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.precision = a.precision;
-        run.validate()?;
-        Ok(run)
-    })?;
-    a.train(run, device, |run, device| Ok(StyleGan2Task::new(run, device)?))
+    a.fit(
+        device,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let mut run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+            if let Some(lr) = a.lr {
+                run.lr_g = lr;
+                run.lr_d = lr;
+            }
+            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.precision = a.precision;
+            run.validate()?;
+            Ok(run)
+        },
+        |run, _, device| Ok(StyleGan2Task::new(run, device)?),
+    )
 }
 
 /// `genlab gan train --model cyclegan --data A --data-b B` (`genlab_gan::cyclegan::train`).
@@ -356,50 +368,40 @@ fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
         bail!("--scale, --pretrain-steps and --lr-d do not apply to CycleGAN (one --lr for all four networks)");
     }
     let a = &args.common;
-    let device = a.device.resolve()?;
-    let run = a.run_config(|ds_a| {
-        let Some(data_b) = args.data_b.as_deref() else {
-            bail!("--model cyclegan needs domain B: --data-b DATASET (domain A is --data)");
-        };
-        let ds_b = a.data_options.open(data_b, a.seed)?;
-        let shape = genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &a.data, ds_b.as_ref(), data_b)?;
-        let mut run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
-        run.lr = a.lr.unwrap_or(run.lr);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.validate()?;
-        Ok(run)
-    })?;
     if a.precision != genlab_core::Precision::Fp32 {
         bail!("CycleGAN trains in fp32 only");
     }
-    if let Some(b) = args.data_b.as_deref().filter(|b| *b != run.data_b) {
-        bail!("{}: the run's domain B is `{}`; --data-b {b} cannot change when resuming", a.out.display(), run.data_b);
-    }
-    let ds_a = a.data_options.open(&run.data, a.seed)?;
-    let ds_b = a.data_options.open(&run.data_b, a.seed)?;
-    genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &run.data, ds_b.as_ref(), &run.data_b)?;
-    let mut source = CycleSource::new(ds_a, ds_b, run.batch_size, a.seed, device)?;
-    genlab_core::seed::manual_seed(a.seed as i64);
-    let mut task = CycleGanTask::new(run, device)?;
-    let out = genlab_core::train::run(&mut task, &mut source, &a.harness())?;
-    if genlab_core::dist::is_leader() {
-        eprintln!(
-            "{:?} at step {}; checkpoint {}",
-            out.status,
-            out.step,
-            out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-        );
-    }
-    Ok(())
+    let device = a.device.resolve()?;
+    a.fit_with(
+        device,
+        |ds_a| {
+            let Some(data_b) = args.data_b.as_deref() else {
+                bail!("--model cyclegan needs domain B: --data-b DATASET (domain A is --data)");
+            };
+            let ds_b = a.data_options.open(data_b, a.seed)?;
+            let shape = genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &a.data, ds_b.as_ref(), data_b)?;
+            let mut run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
+            run.lr = a.lr.unwrap_or(run.lr);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.validate()?;
+            Ok(run)
+        },
+        |run| {
+            if let Some(b) = args.data_b.as_deref().filter(|b| *b != run.data_b) {
+                bail!(
+                    "{}: the run's domain B is `{}`; --data-b {b} cannot change when resuming",
+                    a.out.display(),
+                    run.data_b
+                );
+            }
+            let ds_a = a.data_options.open(&run.data, a.seed)?;
+            let ds_b = a.data_options.open(&run.data_b, a.seed)?;
+            genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &run.data, ds_b.as_ref(), &run.data_b)?;
+            Ok(Box::new(CycleSource::new(ds_a, ds_b, run.batch_size, a.seed, device)?))
+        },
+        |run, _, device| Ok(CycleGanTask::new(run, device)?),
+    )
 }
-
-run_config!(CycleGanRunConfig, "a CycleGAN run configuration");
-
-run_config!(StyleGan2RunConfig, "a StyleGAN2 run configuration");
-
-run_config!(GanRunConfig, "a GAN run configuration");
-
-run_config!(SrRunConfig, "a super-resolution run configuration");
 
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;

@@ -2,22 +2,6 @@
 //!
 //! Argument parsing and wiring only; every command calls a library function of a
 //! family crate.
-/// `impl RunConfig` for a family's run configuration, whose `data` and `batch_size` fields
-/// are what the shared training flow reads.
-macro_rules! run_config {
-    ($ty:ty, $what:literal) => {
-        impl crate::RunConfig for $ty {
-            const WHAT: &'static str = $what;
-            fn data(&self) -> &str {
-                &self.data
-            }
-            fn batch_size(&self) -> usize {
-                self.batch_size
-            }
-        }
-    };
-}
-
 mod config_file;
 mod data_cmd;
 mod diffusion_cmd;
@@ -29,6 +13,8 @@ mod vae_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use genlab_core::run::{FitOptions, RunKind, Start};
+use genlab_core::train::{BatchSource, TrainTask};
 use genlab_core::{DeviceSpec, Precision};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,52 +145,55 @@ pub struct TrainArgs {
     pub no_progress: bool,
 }
 
-/// A family's run configuration, as the shared training flow needs it.
-pub trait RunConfig: serde::de::DeserializeOwned {
-    /// What `config.json` holds, for messages ("a VAE run configuration").
-    const WHAT: &'static str;
-    fn data(&self) -> &str;
-    fn batch_size(&self) -> usize;
+/// Another crate's error inside a closure that core's [`genlab_core::run::fit`] calls.
+fn task_error(e: anyhow::Error) -> genlab_core::CoreError {
+    genlab_core::CoreError::Task(e.into())
 }
 
 impl TrainArgs {
-    /// The run configuration: when resuming a run that has one, its own `config.json` (the
-    /// model must match its checkpoints); else `fresh` builds one for the dataset.
-    pub fn run_config<R: RunConfig>(
+    /// Train a run of `R` on batches of its dataset: `fresh` builds a new run's configuration
+    /// for the dataset `--data` names, `build` the task (see [`genlab_core::run::fit`]).
+    pub fn fit<R: RunKind, T: TrainTask>(
         &self,
+        device: tch::Device,
         fresh: impl FnOnce(&Arc<dyn genlab_data::Dataset>) -> Result<R>,
-    ) -> Result<R> {
-        let file = self.out.join("config.json");
-        if self.resume && file.is_file() {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            return serde_json::from_str(&text).with_context(|| format!("{}: not {}", file.display(), R::WHAT));
-        }
-        fresh(&self.data_options.open(&self.data, self.seed)?)
+        build: impl FnOnce(R, Start, tch::Device) -> Result<T>,
+    ) -> Result<()> {
+        self.fit_with(
+            device,
+            fresh,
+            |run: &R| {
+                let ds = self.data_options.open(run.data(), self.seed)?;
+                let cfg = genlab_data::LoaderConfig::new(run.batch_size(), self.seed, device);
+                Ok(Box::new(genlab_data::Loader::new(ds, cfg)?))
+            },
+            build,
+        )
     }
 
-    /// Seed libtorch (the initial weights are a function of the seed), build the task, and
-    /// train it on the run's dataset through the core harness.
-    pub fn train<R: RunConfig, T: genlab_core::train::TrainTask>(
+    /// [`TrainArgs::fit`] with a batch source of the caller's (`data`).
+    pub fn fit_with<R: RunKind, T: TrainTask>(
         &self,
-        run: R,
         device: tch::Device,
-        build: impl FnOnce(R, tch::Device) -> Result<T>,
+        fresh: impl FnOnce(&Arc<dyn genlab_data::Dataset>) -> Result<R>,
+        data: impl FnOnce(&R) -> Result<Box<dyn BatchSource>>,
+        build: impl FnOnce(R, Start, tch::Device) -> Result<T>,
     ) -> Result<()> {
-        let ds = self.data_options.open(run.data(), self.seed)?;
-        let mut loader =
-            genlab_data::Loader::new(ds, genlab_data::LoaderConfig::new(run.batch_size(), self.seed, device))?;
-        genlab_core::seed::manual_seed(self.seed as i64);
-        let mut task = build(run, device)?;
-        let out = genlab_core::train::run(&mut task, &mut loader, &self.harness())?;
-        if !genlab_core::dist::is_leader() {
-            return Ok(());
+        let opts = FitOptions { harness: self.harness(), device };
+        let out = genlab_core::run::fit(
+            &opts,
+            || fresh(&self.data_options.open(&self.data, self.seed).map_err(task_error)?).map_err(task_error),
+            |run| data(run).map_err(task_error),
+            |run, start, device| build(run, start, device).map_err(task_error),
+        )?;
+        if genlab_core::dist::is_leader() {
+            eprintln!(
+                "{:?} at step {}; checkpoint {}",
+                out.status,
+                out.step,
+                out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+            );
         }
-        eprintln!(
-            "{:?} at step {}; checkpoint {}",
-            out.status,
-            out.step,
-            out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-        );
         Ok(())
     }
 

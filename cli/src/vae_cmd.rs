@@ -139,35 +139,38 @@ fn train(a: TrainArgs) -> Result<()> {
         return train_kl(a);
     }
     let device = a.device.resolve()?;
-    let run = a.run_config(|ds| {
-        let [c, h, w] = ds.shape();
-        let mut run = VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-        run.lr = a.lr.unwrap_or(run.lr);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.precision = a.precision;
-        Ok(run)
-    })?;
-    a.train(run, device, |run, device| Ok(VaeTask::new(run, device)?))
+    a.fit(
+        device,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let mut run =
+                VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
+            run.lr = a.lr.unwrap_or(run.lr);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.precision = a.precision;
+            Ok(run)
+        },
+        |run, _, device| Ok(VaeTask::new(run, device)?),
+    )
 }
 
 /// `genlab vae train` for the KL autoencoder presets (`genlab_vae::train_kl`).
 fn train_kl(a: TrainArgs) -> Result<()> {
     use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
     let device = a.device.resolve()?;
-    let run = a.run_config(|ds| {
-        let [c, h, w] = ds.shape();
-        let mut run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-        run.lr = a.lr.unwrap_or(run.lr);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.precision = a.precision;
-        Ok(run)
-    })?;
-    a.train(run, device, |run: KlRunConfig, device| Ok(KlAutoencoderTask::new(run, device)?))
+    a.fit(
+        device,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let mut run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+            run.lr = a.lr.unwrap_or(run.lr);
+            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            run.precision = a.precision;
+            Ok(run)
+        },
+        |run, _, device| Ok(KlAutoencoderTask::new(run, device)?),
+    )
 }
-
-run_config!(VaeRunConfig, "a VAE run configuration");
-
-run_config!(genlab_vae::train_kl::KlRunConfig, "a KL autoencoder run configuration");
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
     if a.n <= 0 {

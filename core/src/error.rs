@@ -16,6 +16,9 @@ pub enum CoreError {
     File { path: PathBuf, message: String },
     #[error("{path}: checkpoint does not match the model:\n{report}")]
     KeyMismatch { path: PathBuf, report: String },
+    /// A run directory of another family or kind than the one asked for.
+    #[error("{0}")]
+    WrongRunKind(Box<crate::run::WrongKind>),
     #[error("no checkpoint found in {0}")]
     NoCheckpoint(PathBuf),
     #[error("shape error: {0}")]
@@ -61,4 +64,21 @@ impl CoreError {
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         CoreError::File { path: path.into(), message: message.into() }
     }
+}
+
+/// `impl From<E> for CoreError` for another genlab crate's error enum `E` that has a
+/// `Core(CoreError)` variant: a wrapped core error comes back out as itself, any other variant
+/// is kept whole in [`CoreError::Task`].
+#[macro_export]
+macro_rules! into_core_error {
+    ($ty:ident) => {
+        impl From<$ty> for $crate::CoreError {
+            fn from(e: $ty) -> Self {
+                match e {
+                    $ty::Core(c) => c,
+                    e => $crate::CoreError::task(e),
+                }
+            }
+        }
+    };
 }

@@ -9,6 +9,7 @@
 //! - [`optim`]: Adam/AdamW over one flat parameter buffer.
 //! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
 //! - [`dist`]: multi-process data-parallel training on PyTorch's c10d (Gloo, NCCL).
+//! - [`run`]: run configurations as types ([`run::RunKind`], [`run::read_config`]) and [`run::fit`].
 //! - [`train`]: the training harness (progress, metrics, checkpoints, resume, Ctrl-C, NaN stops).
 //! - [`tensorboard`]: TensorBoard event files (scalars and images) the harness writes.
 //! - [`report`]: a run directory as one self-contained HTML page, and a table of runs.
@@ -22,6 +23,7 @@ pub mod layers;
 pub mod optim;
 pub mod precision;
 pub mod report;
+pub mod run;
 pub mod seed;
 pub mod tensorboard;
 pub mod train;

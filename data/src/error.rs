@@ -35,13 +35,4 @@ impl DataError {
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
-/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
-/// other keeps its variant inside [`genlab_core::CoreError::Task`].
-impl From<DataError> for genlab_core::CoreError {
-    fn from(e: DataError) -> Self {
-        match e {
-            DataError::Core(c) => c,
-            e => genlab_core::CoreError::task(e),
-        }
-    }
-}
+genlab_core::into_core_error!(DataError);

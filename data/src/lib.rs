@@ -108,6 +108,57 @@ fn open_idx(path: &Path) -> Result<InMemory> {
     InMemory::new(name, [1, dims[1], dims[2]], px, None)
 }
 
+/// Which items of a dataset to keep, after [`open_with`] has read it: the CLI's `--exclude-class`,
+/// `--per-class`, `--limit` and `--add`.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Leave out every item of this class.
+    pub exclude_class: Option<i64>,
+    /// Keep the first N items of every class.
+    pub per_class: Option<usize>,
+    /// Keep the first N items (after the two cuts above).
+    pub limit: Option<usize>,
+    /// Datasets of the same item shape appended whole (read with the same [`OpenOptions`]).
+    pub add: Vec<String>,
+}
+
+/// [`open_with`], then the cuts and additions of `select`, in the order [`Selection`] lists them.
+pub fn open_selected(spec: &str, opts: &OpenOptions, select: &Selection) -> Result<Arc<dyn Dataset>> {
+    let mut ds = open_with(spec, opts)?;
+    if let Some(k) = select.exclude_class {
+        ds = Arc::new(Subset::without_class(ds, k)?);
+    }
+    if let Some(n) = select.per_class {
+        ds = Arc::new(Subset::per_class(ds, n)?);
+    }
+    if let Some(n) = select.limit {
+        if n == 0 {
+            return Err(DataError::Invalid(format!("{spec}: a limit of 0 images leaves nothing to train on")));
+        }
+        ds = Arc::new(Subset::first(ds, n)?);
+    }
+    if select.add.is_empty() {
+        return Ok(ds);
+    }
+    let mut parts = vec![ds];
+    for extra in &select.add {
+        parts.push(open_with(extra, opts)?);
+    }
+    Ok(Arc::new(Concat::new(parts)?))
+}
+
+/// The batches a run trains on: its dataset (`run.data()`, read with default [`OpenOptions`]) in
+/// batches of `run.batch_size()`, shuffled by `seed`; the `data` argument of
+/// [`genlab_core::run::fit`].
+pub fn run_batches<R: genlab_core::run::RunKind>(
+    run: &R,
+    seed: u64,
+    device: tch::Device,
+) -> genlab_core::Result<Box<dyn genlab_core::train::BatchSource>> {
+    let ds = open(run.data())?;
+    Ok(Box::new(Loader::new(ds, LoaderConfig::new(run.batch_size(), seed, device))?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,8 +214,8 @@ impl BatchSource for Loader {
         let (got, hb) = received.ok_or_else(|| genlab_core::CoreError::Other("data loader thread stopped".into()))?;
         debug_assert_eq!(got, step);
         self.next_step += 1;
-        let hb = hb.map_err(genlab_core::CoreError::from)?;
-        self.to_batch(hb, step).map_err(genlab_core::CoreError::from)
+        let hb = hb?;
+        Ok(self.to_batch(hb, step)?)
     }
 }
 

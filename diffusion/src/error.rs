@@ -45,8 +45,6 @@ pub enum DiffusionError {
     UnconditionalGuidance { guidance_scale: f64 },
     #[error("{path}: {message}")]
     Image { path: std::path::PathBuf, message: String },
-    #[error("{path}: this checkpoint belongs to the `{found}` family, not `diffusion`")]
-    WrongFamily { path: std::path::PathBuf, found: String },
     #[error("latent diffusion: {0}")]
     Latent(String),
     #[error("{path}: {message}")]
@@ -76,13 +74,4 @@ pub enum DiffusionError {
 
 pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
 
-/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
-/// other keeps its variant inside [`genlab_core::CoreError::Task`].
-impl From<DiffusionError> for genlab_core::CoreError {
-    fn from(e: DiffusionError) -> Self {
-        match e {
-            DiffusionError::Core(c) => c,
-            e => genlab_core::CoreError::task(e),
-        }
-    }
-}
+genlab_core::into_core_error!(DiffusionError);

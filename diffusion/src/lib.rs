@@ -17,6 +17,7 @@
 pub mod clip;
 pub mod error;
 pub mod latent;
+pub mod load;
 pub mod loss;
 pub mod sample;
 pub mod schedule;

@@ -18,7 +18,7 @@ use genlab_core::ema::{Ema, EmaWarmup};
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::precision::GradScaler;
 use genlab_core::train::{Batch, StepOutput, TrainTask};
-use genlab_core::{CoreError, Precision};
+use genlab_core::Precision;
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -115,6 +115,8 @@ pub struct DiffusionRunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latent: Option<LatentConfig>,
 }
+
+genlab_core::run_kind!(DiffusionRunConfig, FAMILY);
 
 impl DiffusionRunConfig {
     /// A run of U-Net preset `model` on data of `image_shape`. `num_classes` makes the model
@@ -388,7 +390,7 @@ impl std::fmt::Debug for DiffusionTask {
 
 impl TrainTask for DiffusionTask {
     fn train_step(&mut self, batch: &Batch, _step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch).map_err(CoreError::from)
+        Ok(self.step(batch)?)
     }
 
     /// EMA samples with the run's monitoring scheduler, cycling through the classes of a
@@ -396,13 +398,12 @@ impl TrainTask for DiffusionTask {
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
         self.ema.copy_to(&self.ema_net.vs)?;
         let (model, run) = (&self.ema_net.unet, &self.run);
-        match &self.autoencoder {
+        Ok(match &self.autoencoder {
             Some(ae) => {
-                crate::latent::sample(model, ae, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0)
+                crate::latent::sample(model, ae, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0)?
             }
-            None => crate::sample::sample(model, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0),
-        }
-        .map_err(CoreError::from)
+            None => crate::sample::sample(model, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0)?,
+        })
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -445,14 +446,7 @@ pub fn load(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig)
 
 /// Load a trained diffusion model's EMA or raw weights from a run directory or checkpoint folder.
 pub fn load_weights(path: &Path, weights: Weights, device: Device) -> Result<(Network, DiffusionRunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(DiffusionError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    let run: DiffusionRunConfig = serde_json::from_value(ck.config.clone()).map_err(|e| {
-        DiffusionError::Config(format!("{}: config.json is not a diffusion configuration: {e}", ck.dir.display()))
-    })?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<DiffusionRunConfig>(path)?;
     let net = Network::new(&run.unet, device)?;
     ck.load_group_into(weights.group(), &net.vs)?;
     Ok((net, run))

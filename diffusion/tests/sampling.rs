@@ -156,5 +156,9 @@ fn images_masks_and_checkpoints_of_other_families() {
     };
     genlab_core::checkpoint::save_checkpoint(&tmp.path().join("checkpoints"), 1, &data, 1).unwrap();
     let e = load(tmp.path(), Device::Cpu).unwrap_err();
-    assert!(matches!(e, DiffusionError::WrongFamily { .. }) && e.to_string().contains("`vae` family"), "{e}");
+    assert!(
+        matches!(e, DiffusionError::Core(genlab_core::CoreError::WrongRunKind(_)))
+            && e.to_string().contains("`vae` family"),
+        "{e}"
+    );
 }

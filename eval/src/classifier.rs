@@ -166,6 +166,8 @@ pub struct ClassifierRunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(ClassifierRunConfig, FAMILY);
+
 impl ClassifierRunConfig {
     /// A run of preset `model` on data of `image_shape` with `num_classes` classes, for `steps` steps.
     pub fn from_preset(
@@ -276,13 +278,7 @@ impl TrainTask for ClassifierTask {
 
 /// Load a trained classifier from a run directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<ClassifierFeatures> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(EvalError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    let run: ClassifierRunConfig = serde_json::from_value(ck.config.clone())
-        .map_err(|e| EvalError::file(&ck.dir, format!("config.json is not a classifier configuration: {e}")))?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<ClassifierRunConfig>(path)?;
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(vs.root(), run.classifier.clone())?;
     ck.load_group_into("model", &vs)?;

@@ -16,8 +16,6 @@ pub enum EvalError {
     Config(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("{path}: this run belongs to the `{found}` family, not `classifier`")]
-    WrongFamily { path: PathBuf, found: String },
     #[error(transparent)]
     Core(#[from] genlab_core::CoreError),
     #[error(transparent)]
@@ -25,6 +23,8 @@ pub enum EvalError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
+
+genlab_core::into_core_error!(EvalError);
 
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 

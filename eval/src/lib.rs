@@ -17,6 +17,7 @@ mod check;
 pub mod classifier;
 pub mod coverage;
 pub mod error;
+pub mod evaluate;
 pub mod features;
 pub mod frechet;
 pub mod inception;

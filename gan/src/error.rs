@@ -13,8 +13,6 @@ pub enum GanError {
     Labels(String),
     #[error("training collapsed: {0}")]
     Collapse(String),
-    #[error("{path}: this checkpoint belongs to the `{found}` family, not `gan`")]
-    WrongFamily { path: std::path::PathBuf, found: String },
     #[error(transparent)]
     Core(#[from] genlab_core::CoreError),
     #[error(transparent)]
@@ -25,13 +23,4 @@ pub enum GanError {
 
 pub type Result<T, E = GanError> = std::result::Result<T, E>;
 
-/// Into core's error for core's harness and loaders: a wrapped core error comes back as itself, any
-/// other keeps its variant inside [`genlab_core::CoreError::Task`].
-impl From<GanError> for genlab_core::CoreError {
-    fn from(e: GanError) -> Self {
-        match e {
-            GanError::Core(c) => c,
-            e => genlab_core::CoreError::task(e),
-        }
-    }
-}
+genlab_core::into_core_error!(GanError);

@@ -12,6 +12,7 @@
 pub mod augment;
 pub mod cyclegan;
 pub mod error;
+pub mod load;
 pub mod loss;
 pub mod metrics;
 pub mod model;

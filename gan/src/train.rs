@@ -97,6 +97,22 @@ pub struct GanRunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(GanRunConfig, FAMILY, hint: |found| {
+    match found.kind.as_deref()? {
+        "super-resolution" => Some(
+            "a super-resolution run upscales images rather than drawing new ones; use `genlab gan upscale` or \
+             `genlab gan sr-eval` with it",
+        ),
+        "stylegan2" => Some("a StyleGAN2 run; genlab_gan::stylegan2::train::load reads it"),
+        "cyclegan" => Some(
+            "a CycleGAN run translates images between two domains rather than drawing new ones; use \
+             `genlab gan translate` with it",
+        ),
+        _ => None,
+    }
+    .map(str::to_string)
+});
+
 impl GanRunConfig {
     /// A run of preset `model` (see the module docs) on data of `image_shape` (and
     /// `num_classes`, which the conditional preset needs).
@@ -472,12 +488,12 @@ impl GanTask {
 
 impl TrainTask for GanTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(genlab_core::CoreError::from)
+        Ok(self.step(batch, step)?)
     }
 
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        let g = self.ema_generator().map_err(genlab_core::CoreError::from)?;
-        crate::sample::sample(g, n, None).map_err(genlab_core::CoreError::from)
+        let g = self.ema_generator()?;
+        Ok(crate::sample::sample(g, n, None)?)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -522,33 +538,7 @@ impl TrainTask for GanTask {
 /// Load a trained generator, with its averaged (EMA) weights, from a run directory or
 /// checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Generator, GanRunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(GanError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if crate::sr::train::is_sr_config(&ck.config) {
-        return Err(GanError::Config(format!(
-            "{}: this is a super-resolution run, which upscales images rather than drawing new ones; use \
-             `genlab gan upscale` or `genlab gan sr-eval` with it",
-            ck.dir.display()
-        )));
-    }
-    if crate::stylegan2::train::is_stylegan2_config(&ck.config) {
-        return Err(GanError::Config(format!(
-            "{}: this is a StyleGAN2 run; load it with genlab_gan::stylegan2::train::load (the CLI does so itself)",
-            ck.dir.display()
-        )));
-    }
-    if crate::cyclegan::train::is_cyclegan_config(&ck.config) {
-        return Err(GanError::Config(format!(
-            "{}: this is a CycleGAN run, which translates images between two domains rather than drawing new \
-             ones; use `genlab gan translate` with it",
-            ck.dir.display()
-        )));
-    }
-    let run: GanRunConfig = serde_json::from_value(ck.config.clone())
-        .map_err(|e| GanError::Config(format!("{}: config.json is not a GAN configuration: {e}", ck.dir.display())))?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<GanRunConfig>(path)?;
     let vs = VarStore::new(device);
     let generator = Generator::new(vs.root(), run.gan.clone())?;
     ck.load_group_into("ema", &vs)?;

@@ -403,5 +403,5 @@ fn an_image_generation_run_is_not_a_super_resolution_run() {
     let mut loader = Loader::new(ds, LoaderConfig::new(8, 0, Device::Cpu)).unwrap();
     run(&mut task, &mut loader, &harness(tmp.path(), 1)).unwrap();
     let e = load(tmp.path(), Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("not a super-resolution one") && e.contains("--model srgan"), "{e}");
+    assert!(e.contains("not a `gan/super-resolution` run") && e.contains("--model srgan"), "{e}");
 }

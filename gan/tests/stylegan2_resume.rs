@@ -66,7 +66,7 @@ fn trains_resumes_exactly_and_loads() {
     std::fs::write(other.path().join("config.json"), r#"{"family": "gan", "model": "dcgan"}"#).unwrap();
     std::fs::write(other.path().join("state.json"), r#"{"step": 1}"#).unwrap();
     let err = load(other.path(), Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("`dcgan` GAN run, not a StyleGAN2 one"), "{err}");
+    assert!(err.contains("a `gan` run, not a `gan/stylegan2` run") && err.contains("--model stylegan2"), "{err}");
     std::fs::write(other.path().join("config.json"), r#"{"family": "vae"}"#).unwrap();
     let err = load(other.path(), Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("`vae` family"), "{err}");

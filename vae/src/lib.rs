@@ -16,6 +16,7 @@ pub mod error;
 pub mod impute;
 pub mod interpolate;
 pub mod likelihood;
+pub mod load;
 pub mod loss;
 pub mod model;
 pub mod sample;

@@ -26,6 +26,12 @@ pub struct VaeRunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(VaeRunConfig, FAMILY, hint: |found| {
+    (found.kind.as_deref() == Some(crate::train_kl::KIND)).then(|| {
+        "a KL autoencoder run has no prior to sample from; genlab_vae::train_kl::load reads it".to_string()
+    })
+});
+
 impl VaeRunConfig {
     /// A run of preset `model` on data of `image_shape` (and `num_classes`, for conditional presets).
     pub fn from_preset(model: &str, image_shape: [i64; 3], num_classes: Option<usize>, data: &str) -> Result<Self> {
@@ -89,8 +95,7 @@ impl TrainTask for VaeTask {
         let (terms, _) = self
             .run
             .precision
-            .autocast(self.device, || elbo_terms(&self.model, &batch.images, batch.labels.as_ref()))
-            .map_err(genlab_core::CoreError::from)?;
+            .autocast(self.device, || elbo_terms(&self.model, &batch.images, batch.labels.as_ref()))?;
         let w = kl_weight(self.model.cfg.beta, step, self.model.cfg.kl_warmup_steps);
         let loss = terms.loss(w);
         self.opt.backward_step_with(&loss, self.scaler.as_mut());
@@ -110,7 +115,7 @@ impl TrainTask for VaeTask {
     }
 
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        crate::sample::sample_prior(&self.model, n, None).map_err(genlab_core::CoreError::from)
+        Ok(crate::sample::sample_prior(&self.model, n, None)?)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -144,20 +149,7 @@ impl TrainTask for VaeTask {
 
 /// Load a trained VAE from a run directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Vae, VaeRunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(VaeError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if crate::train_kl::is_kl_config(&ck.config) {
-        return Err(VaeError::Config(format!(
-            "{}: this is a KL autoencoder run (kind `autoencoder-kl`), not a VAE with a prior; \
-             genlab_vae::train_kl::load reads it",
-            ck.dir.display()
-        )));
-    }
-    let run: VaeRunConfig = serde_json::from_value(ck.config.clone())
-        .map_err(|e| VaeError::Config(format!("{}: config.json is not a VAE configuration: {e}", ck.dir.display())))?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<VaeRunConfig>(path)?;
     let vs = VarStore::new(device);
     let model = Vae::new(vs.root(), run.vae.clone())?;
     ck.load_group_into("model", &vs)?;

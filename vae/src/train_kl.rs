@@ -39,6 +39,11 @@ pub struct KlRunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(KlRunConfig, crate::train::FAMILY, KIND, hint: |found| {
+    (found.family == crate::train::FAMILY && found.kind.is_none())
+        .then(|| "a plain VAE run; train a KL autoencoder with --model kl-f2, kl-f4 or sd15".to_string())
+});
+
 /// Whether `--model name` is a KL autoencoder preset.
 pub fn is_preset(name: &str) -> bool {
     PRESETS.contains(&name)
@@ -135,11 +140,8 @@ impl KlAutoencoderTask {
 impl TrainTask for KlAutoencoderTask {
     fn train_step(&mut self, batch: &Batch, _step: u64) -> genlab_core::Result<StepOutput> {
         let x = &batch.images;
-        let (loss, rec, kl, recon) = self
-            .run
-            .precision
-            .autocast(self.device, || kl_step_terms(&self.model, &self.run, x))
-            .map_err(genlab_core::CoreError::from)?;
+        let (loss, rec, kl, recon) =
+            self.run.precision.autocast(self.device, || kl_step_terms(&self.model, &self.run, x))?;
         self.opt.backward_step_with(&loss, self.scaler.as_mut());
         let mse = tch::no_grad(|| (recon.to_kind(Kind::Float) - x).square().mean(Kind::Float).double_value(&[]));
         self.last_batch = Some(x.shallow_clone());
@@ -160,10 +162,10 @@ impl TrainTask for KlAutoencoderTask {
             Some(x) if n >= 2 => {
                 let k = (n / 2).min(x.size()[0]);
                 let x = x.narrow(0, 0, k);
-                let r = crate::sample::reconstruct_kl(&self.model, &x).map_err(genlab_core::CoreError::from)?;
+                let r = crate::sample::reconstruct_kl(&self.model, &x)?;
                 Ok(Tensor::cat(&[x, r], 0))
             }
-            _ => crate::sample::decode_random_latents(&self.model, n).map_err(genlab_core::CoreError::from),
+            _ => Ok(crate::sample::decode_random_latents(&self.model, n)?),
         }
     }
 
@@ -208,20 +210,7 @@ pub fn is_kl_run(path: &std::path::Path) -> Result<bool> {
 
 /// Load a trained KL autoencoder from a run directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, AutoencoderKL, KlRunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(VaeError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if !is_kl_config(&ck.config) {
-        return Err(VaeError::Config(format!(
-            "{}: this is a plain VAE run, not a KL autoencoder (`kind` is not `{KIND}`)",
-            ck.dir.display()
-        )));
-    }
-    let run: KlRunConfig = serde_json::from_value(ck.config.clone()).map_err(|e| {
-        VaeError::Config(format!("{}: config.json is not a KL autoencoder configuration: {e}", ck.dir.display()))
-    })?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<KlRunConfig>(path)?;
     let vs = VarStore::new(device);
     let model = AutoencoderKL::new(vs.root(), run.autoencoder.clone())?;
     ck.load_group_into("model", &vs)?;

@@ -71,6 +71,11 @@ pub struct CycleGanRunConfig {
     pub data_b: String,
 }
 
+genlab_core::run_kind!(CycleGanRunConfig, crate::train::FAMILY, KIND, hint: |found| {
+    (found.family == crate::train::FAMILY)
+        .then(|| "train one with --model cyclegan --data A --data-b B".to_string())
+});
+
 impl CycleGanRunConfig {
     /// The paper's settings for `total_steps` (half constant, half decaying), with networks sized
     /// for small images: generator width 32 and 6 blocks, discriminator width 32, and a PatchGAN
@@ -361,13 +366,13 @@ impl CycleGanTask {
 
 impl TrainTask for CycleGanTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        let (a, b) = split_batch(&batch.images).map_err(genlab_core::CoreError::from)?;
-        self.step_on(&a, &b, step).map_err(genlab_core::CoreError::from)
+        let (a, b) = split_batch(&batch.images)?;
+        Ok(self.step_on(&a, &b, step)?)
     }
 
     /// A | G_A(A) | B | G_B(B) rows of the latest batch (see [`CycleGanTask::grid`]).
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        self.grid(n).map_err(genlab_core::CoreError::from)
+        Ok(self.grid(n)?)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -438,20 +443,7 @@ impl CycleGanGenerators {
 
 /// Load both generators of a CycleGAN run directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<CycleGanGenerators> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(GanError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if !is_cyclegan_config(&ck.config) {
-        return Err(GanError::Config(format!(
-            "{}: not a CycleGAN run (train one with --model cyclegan --data A --data-b B)",
-            ck.dir.display()
-        )));
-    }
-    let run: CycleGanRunConfig = serde_json::from_value(ck.config.clone()).map_err(|e| {
-        GanError::Config(format!("{}: config.json is not a CycleGAN configuration: {e}", ck.dir.display()))
-    })?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<CycleGanRunConfig>(path)?;
     let (vs_a, vs_b) = (VarStore::new(device), VarStore::new(device));
     let g_a = ResnetGenerator::new(vs_a.root(), run.nets.clone())?;
     let g_b = ResnetGenerator::new(vs_b.root(), run.nets.clone())?;

@@ -75,6 +75,10 @@ pub struct SrRunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(SrRunConfig, crate::train::FAMILY, KIND, hint: |found| {
+    (found.family == crate::train::FAMILY).then(|| "train one with --model srgan".to_string())
+});
+
 impl SrRunConfig {
     /// A run of preset `model` (see the module docs) at `scale` (default x4) on high-resolution
     /// images of `image_shape`.
@@ -275,12 +279,12 @@ impl SrTask {
 
 impl TrainTask for SrTask {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(genlab_core::CoreError::from)
+        Ok(self.step(batch, step)?)
     }
 
     /// Bicubic | super-resolved | original triplets of the latest batch (see [`SrTask`]).
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        self.triplets(n).map_err(genlab_core::CoreError::from)
+        Ok(self.triplets(n)?)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -316,20 +320,7 @@ pub fn is_sr_run(path: &std::path::Path) -> Result<bool> {
 
 /// Load a trained super-resolution generator from a run directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, SrGenerator, SrRunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(GanError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if !is_sr_config(&ck.config) {
-        return Err(GanError::Config(format!(
-            "{}: this is an image-generation GAN run, not a super-resolution one (train one with --model srgan)",
-            ck.dir.display()
-        )));
-    }
-    let run: SrRunConfig = serde_json::from_value(ck.config.clone()).map_err(|e| {
-        GanError::Config(format!("{}: config.json is not a super-resolution configuration: {e}", ck.dir.display()))
-    })?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<SrRunConfig>(path)?;
     let vs = VarStore::new(device);
     let generator = SrGenerator::new(vs.root(), run.sr.clone())?;
     ck.load_group_into("generator", &vs)?;

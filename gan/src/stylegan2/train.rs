@@ -97,6 +97,10 @@ pub struct StyleGan2RunConfig {
     pub data: String,
 }
 
+genlab_core::run_kind!(StyleGan2RunConfig, crate::train::FAMILY, KIND, hint: |found| {
+    (found.family == crate::train::FAMILY).then(|| format!("train one with --model {}", PRESETS[0]))
+});
+
 impl StyleGan2RunConfig {
     /// A run of preset `model` (see the module docs) on data of `image_shape`.
     pub fn from_preset(model: &str, image_shape: [i64; 3], data: &str) -> Result<Self> {
@@ -428,13 +432,12 @@ impl StyleGan2Task {
 
 impl TrainTask for StyleGan2Task {
     fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
-        self.step(batch, step).map_err(genlab_core::CoreError::from)
+        Ok(self.step(batch, step)?)
     }
 
     /// Samples of the averaged generator (no truncation, constant noise), cropped to the data's shape.
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
-        crate::stylegan2::tools::sample(&self.ema_generator, n, 1.0, NoiseMode::Const)
-            .map_err(genlab_core::CoreError::from)
+        Ok(crate::stylegan2::tools::sample(&self.ema_generator, n, 1.0, NoiseMode::Const)?)
     }
 
     fn checkpoint_groups(&self) -> BTreeMap<String, Vec<(String, Tensor)>> {
@@ -485,25 +488,7 @@ pub fn is_stylegan2_run(path: &std::path::Path) -> Result<bool> {
 /// Load a trained StyleGAN2 generator, with its averaged (EMA) weights and `w_avg`, from a run
 /// directory or checkpoint folder.
 pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Generator, StyleGan2RunConfig)> {
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    let family = ck.config.get("family").and_then(|f| f.as_str()).unwrap_or("unknown").to_string();
-    if family != FAMILY {
-        return Err(GanError::WrongFamily { path: path.to_path_buf(), found: family });
-    }
-    if !is_stylegan2_config(&ck.config) {
-        let what = match ck.config.get("kind").and_then(|k| k.as_str()) {
-            Some(kind) => format!("a `{kind}` GAN run"),
-            None => format!("a `{}` GAN run", ck.config.get("model").and_then(|m| m.as_str()).unwrap_or("unknown")),
-        };
-        return Err(GanError::Config(format!(
-            "{}: this is {what}, not a StyleGAN2 one (train one with --model {})",
-            ck.dir.display(),
-            PRESETS[0]
-        )));
-    }
-    let run: StyleGan2RunConfig = serde_json::from_value(ck.config.clone()).map_err(|e| {
-        GanError::Config(format!("{}: config.json is not a StyleGAN2 configuration: {e}", ck.dir.display()))
-    })?;
+    let (ck, run) = genlab_core::run::open_checkpoint::<StyleGan2RunConfig>(path)?;
     let vs = VarStore::new(device);
     let generator = Generator::new(vs.root(), run.net.clone())?;
     ck.load_group_into("ema", &vs)?;

@@ -1,0 +1,306 @@
+//! Runs as types: which family and kind a run directory holds, its configuration read back as
+//! its own type, and [`fit`], the one training entry point every family's `train` goes through.
+//!
+//! A run's `config.json` records its family (`"family": "gan"`) and, for the kinds beside a
+//! family's plain run, its kind (`"kind": "sr"`). A run configuration type implements
+//! [`RunKind`] to name both; [`read_config`] then reads a run directory or checkpoint folder as
+//! that type, and refuses a run of another family or kind with [`CoreError::WrongRunKind`],
+//! which names the run, the kind expected and the kind found.
+use crate::error::{CoreError, Result};
+use crate::train::{BatchSource, HarnessConfig, Outcome, TrainTask};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A family and, for a family's other kinds of run, the kind: `gan`, `gan/sr`, `vae/autoencoder-kl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId {
+    pub family: String,
+    /// `None` for the family's plain run (its config.json has no `kind`).
+    pub kind: Option<String>,
+}
+
+impl RunId {
+    /// The family and kind a run's `config.json` records (`unknown` when it names no family).
+    pub fn of_config(config: &serde_json::Value) -> Self {
+        let text = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        RunId { family: text("family").unwrap_or_else(|| "unknown".into()), kind: text("kind") }
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Some(k) => write!(f, "{}/{k}", self.family),
+            None => f.write_str(&self.family),
+        }
+    }
+}
+
+/// What [`CoreError::WrongRunKind`] holds: the run, the kind expected and the kind found, and a
+/// hint (empty, or " (...)") that says what reads the run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongKind {
+    pub run: PathBuf,
+    pub expected: RunId,
+    pub found: RunId,
+    pub hint: String,
+}
+
+impl fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (run, expected, found, hint) = (self.run.display(), &self.expected, &self.found, &self.hint);
+        if found.family != expected.family {
+            write!(
+                f,
+                "{run}: this checkpoint belongs to the `{}` family, not `{}`{hint}",
+                found.family, expected.family
+            )
+        } else {
+            write!(f, "{run}: this is a `{found}` run, not a `{expected}` run{hint}")
+        }
+    }
+}
+
+/// A run configuration type: what one kind of run writes as `config.json`.
+pub trait RunKind: Serialize + DeserializeOwned {
+    /// The `family` the configuration records.
+    const FAMILY: &'static str;
+    /// The `kind` it records; `None` for the family's plain run, which records none.
+    const KIND: Option<&'static str>;
+    /// The dataset the run trains on (a spec `genlab_data::open` reads).
+    fn data(&self) -> &str;
+    /// Images per step (per rank, in a data-parallel run).
+    fn batch_size(&self) -> usize;
+
+    /// What to do instead when a run of kind `found` was given where this kind was expected
+    /// ("a super-resolution run upscales images: use `genlab gan upscale`"), for the message of
+    /// [`CoreError::WrongRunKind`].
+    fn hint(_found: &RunId) -> Option<String> {
+        None
+    }
+
+    /// This kind as a [`RunId`].
+    fn id() -> RunId {
+        RunId { family: Self::FAMILY.into(), kind: Self::KIND.map(str::to_string) }
+    }
+}
+
+/// `impl RunKind` for a run configuration struct whose `data: String` and `batch_size: usize`
+/// fields are the dataset and batch size: `run_kind!(GanRunConfig, "gan")` for a family's plain
+/// run, `run_kind!(SrRunConfig, "gan", "super-resolution")` for another kind.
+#[macro_export]
+macro_rules! run_kind {
+    ($ty:ty, $family:expr) => {
+        $crate::run_kind!(@impl $ty, $family, None, |_| None);
+    };
+    ($ty:ty, $family:expr, hint: $hint:expr) => {
+        $crate::run_kind!(@impl $ty, $family, None, $hint);
+    };
+    ($ty:ty, $family:expr, $kind:expr) => {
+        $crate::run_kind!(@impl $ty, $family, Some($kind), |_| None);
+    };
+    ($ty:ty, $family:expr, $kind:expr, hint: $hint:expr) => {
+        $crate::run_kind!(@impl $ty, $family, Some($kind), $hint);
+    };
+    (@impl $ty:ty, $family:expr, $kind:expr, $hint:expr) => {
+        impl $crate::run::RunKind for $ty {
+            const FAMILY: &'static str = $family;
+            const KIND: Option<&'static str> = $kind;
+            fn data(&self) -> &str {
+                &self.data
+            }
+            fn batch_size(&self) -> usize {
+                self.batch_size
+            }
+            fn hint(found: &$crate::run::RunId) -> Option<String> {
+                let hint: fn(&$crate::run::RunId) -> Option<String> = $hint;
+                hint(found)
+            }
+        }
+    };
+}
+
+/// The configuration at `path`: a run directory's `config.json`, or, for a checkpoint folder (or a
+/// run directory that has lost its `config.json`), the configuration its newest checkpoint stored.
+/// Returns the file it came from and the JSON.
+pub fn config_json(path: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let file = path.join(crate::checkpoint::CONFIG_FILE);
+    let from_run = file.is_file() && !path.join(crate::checkpoint::STATE_FILE).is_file();
+    let (file, text) = if from_run {
+        let text = std::fs::read_to_string(&file).map_err(|e| CoreError::io(&file, e))?;
+        (file, text)
+    } else {
+        let ck = crate::train::open_checkpoint(path)?;
+        return Ok((ck.dir.join(crate::checkpoint::CONFIG_FILE), ck.config));
+    };
+    let value = serde_json::from_str(&text).map_err(|e| CoreError::file(&file, format!("not JSON: {e}")))?;
+    Ok((file, value))
+}
+
+/// Check that `config` (read from `path`) is a run of `R`'s family and kind.
+pub fn expect_kind<R: RunKind>(config: &serde_json::Value, path: &Path) -> Result<()> {
+    let found = RunId::of_config(config);
+    let expected = R::id();
+    if found != expected {
+        let hint = R::hint(&found).map(|h| format!(" ({h})")).unwrap_or_default();
+        return Err(CoreError::WrongRunKind(Box::new(WrongKind { run: path.to_path_buf(), expected, found, hint })));
+    }
+    Ok(())
+}
+
+/// `config` (read from `file`) as `R`, after [`expect_kind`].
+pub fn parse_config<R: RunKind>(config: serde_json::Value, file: &Path) -> Result<R> {
+    parse(config, file, file)
+}
+
+fn parse<R: RunKind>(config: serde_json::Value, run: &Path, file: &Path) -> Result<R> {
+    expect_kind::<R>(&config, run)?;
+    serde_json::from_value(config)
+        .map_err(|e| CoreError::file(file, format!("not a valid {} run configuration: {e}", R::id())))
+}
+
+/// The configuration of the run directory or checkpoint folder at `path`, as `R`; a run of
+/// another family or kind is [`CoreError::WrongRunKind`].
+pub fn read_config<R: RunKind>(path: &Path) -> Result<R> {
+    let (file, value) = config_json(path)?;
+    parse(value, path, &file)
+}
+
+/// The newest checkpoint of the run directory (or the checkpoint folder) at `path`, and its
+/// configuration as `R`; a run of another family or kind is [`CoreError::WrongRunKind`].
+pub fn open_checkpoint<R: RunKind>(path: &Path) -> Result<(crate::checkpoint::CheckpointReader, R)> {
+    let ck = crate::train::open_checkpoint(path)?;
+    let run = parse(ck.config.clone(), path, &ck.dir.join(crate::checkpoint::CONFIG_FILE))?;
+    Ok((ck, run))
+}
+
+/// A trained run that draws new images. Every family's loaded run implements it (the `load`
+/// module of genlab-vae, genlab-gan and genlab-diffusion), and `genlab_eval::evaluate` samples
+/// through it, so evaluation works on a run of any family.
+pub trait ImageSampler {
+    /// `n` new images in [-1, 1], [n, channels, height, width], on the run's device.
+    fn sample(&mut self, n: i64) -> Result<tch::Tensor>;
+    /// What is sampled and how, for reports ("diffusion run runs/ddpm: dpmpp-2m, 20 steps, ema weights").
+    fn describe(&self) -> String;
+}
+
+/// What [`fit`] needs besides the run: the harness settings (steps, run directory, seed,
+/// `resume`, checkpoint and sample intervals) and the device.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub harness: HarnessConfig,
+    pub device: tch::Device,
+}
+
+/// How a [`fit`] started, for the task builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: the configuration came from the `fresh` closure.
+    Fresh,
+    /// A resumed run: the configuration is the run's own `config.json`.
+    Resume,
+}
+
+/// The configuration a [`fit`] trains: with `resume` and a `config.json` in the run directory,
+/// the run's own (so the model matches its checkpoints; a run of another kind is
+/// [`CoreError::WrongRunKind`]); else `fresh()`. In a data-parallel run every rank takes rank 0's,
+/// so that a configuration estimated from data (a latent scale) is the same everywhere.
+pub fn resolve_config<R: RunKind>(harness: &HarnessConfig, fresh: impl FnOnce() -> Result<R>) -> Result<(R, Start)> {
+    let file = harness.out.join(crate::checkpoint::CONFIG_FILE);
+    let (mut run, start) = if harness.resume && file.is_file() {
+        (read_config::<R>(&harness.out)?, Start::Resume)
+    } else {
+        (fresh()?, Start::Fresh)
+    };
+    if let Some(g) = crate::dist::group() {
+        let json = |e: serde_json::Error| CoreError::Config(format!("broadcasting the run configuration: {e}"));
+        let mut bytes = serde_json::to_vec(&run).map_err(json)?;
+        g.broadcast_bytes(&mut bytes, 0)?;
+        run = serde_json::from_slice(&bytes).map_err(json)?;
+    }
+    Ok((run, start))
+}
+
+/// Train a run: resolve its configuration ([`resolve_config`]), open its batches with `data`,
+/// seed libtorch with the run's seed (the initial weights are a function of it), build the task
+/// with `build`, and run the harness (progress, checkpoints, exact resume, Ctrl-C, data-parallel
+/// gradient averaging when a process group is up).
+pub fn fit<R: RunKind, T: TrainTask>(
+    opts: &FitOptions,
+    fresh: impl FnOnce() -> Result<R>,
+    data: impl FnOnce(&R) -> Result<Box<dyn BatchSource>>,
+    build: impl FnOnce(R, Start, tch::Device) -> Result<T>,
+) -> Result<Outcome> {
+    let (run, start) = resolve_config(&opts.harness, fresh)?;
+    let mut batches = data(&run)?;
+    crate::seed::manual_seed(opts.harness.seed as i64);
+    let mut task = build(run, start, opts.device)?;
+    crate::train::run(&mut task, batches.as_mut(), &opts.harness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize)]
+    struct Plain {
+        family: String,
+        data: String,
+    }
+    impl RunKind for Plain {
+        const FAMILY: &'static str = "toy";
+        const KIND: Option<&'static str> = None;
+        fn data(&self) -> &str {
+            &self.data
+        }
+        fn batch_size(&self) -> usize {
+            1
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Other {
+        family: String,
+        kind: String,
+    }
+    impl RunKind for Other {
+        const FAMILY: &'static str = "toy";
+        const KIND: Option<&'static str> = Some("other");
+        fn data(&self) -> &str {
+            ""
+        }
+        fn batch_size(&self) -> usize {
+            1
+        }
+    }
+
+    #[test]
+    fn a_run_of_another_kind_is_a_typed_error_naming_both_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"family": "toy", "kind": "other"}"#).unwrap();
+        let other: Other = read_config(dir.path()).unwrap();
+        assert_eq!(other.kind, "other");
+        let e = read_config::<Plain>(dir.path()).err().unwrap();
+        match &e {
+            CoreError::WrongRunKind(w) => {
+                assert_eq!(w.run, dir.path());
+                assert_eq!(w.expected.to_string(), "toy");
+                assert_eq!(w.found.to_string(), "toy/other");
+            }
+            other => panic!("expected WrongRunKind, got {other:?}"),
+        }
+        assert!(e.to_string().contains("a `toy/other` run, not a `toy` run"), "{e}");
+        std::fs::write(dir.path().join("config.json"), r#"{"family": "vae"}"#).unwrap();
+        let e = read_config::<Plain>(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("belongs to the `vae` family, not `toy`"), "{e}");
+
+        std::fs::write(dir.path().join("config.json"), r#"{"family": "toy"}"#).unwrap();
+        let e = read_config::<Plain>(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("`data`"), "a missing field is named: {e}");
+        std::fs::write(dir.path().join("config.json"), "{").unwrap();
+        assert!(read_config::<Plain>(dir.path()).err().unwrap().to_string().contains("not JSON"));
+    }
+}
