@@ -5,11 +5,11 @@ use clap::{Args, Subcommand};
 use genlab_core::ema::EmaWarmup;
 use genlab_core::run::Start;
 use genlab_core::DeviceSpec;
-use genlab_diffusion::latent::{
-    self, install_autoencoder, latent_run_config, load_run, load_run_weights, LatentOptions,
-};
+use genlab_diffusion::latent::{self, LatentOptions};
+use genlab_diffusion::load::{load_run, load_run_weights};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
+use genlab_diffusion::train::{install_autoencoder, latent_run_config};
 use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask, Weights};
 use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
 use std::path::PathBuf;

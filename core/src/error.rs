@@ -1,4 +1,5 @@
 //! The core crate's error type.
+use std::fmt;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in genlab-core. Each variant names what and where.
@@ -18,7 +19,7 @@ pub enum CoreError {
     KeyMismatch { path: PathBuf, report: String },
     /// A run directory of another family or kind than the one asked for.
     #[error("{0}")]
-    WrongRunKind(Box<crate::run::WrongKind>),
+    WrongRunKind(Box<WrongKind>),
     #[error("no checkpoint found in {0}")]
     NoCheckpoint(PathBuf),
     #[error("shape error: {0}")]
@@ -40,6 +41,56 @@ pub enum CoreError {
     Task(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("{0}")]
     Other(String),
+}
+
+/// A family and, for a family's other kinds of run, the kind: `gan`, `gan/sr`, `vae/autoencoder-kl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId {
+    pub family: String,
+    /// `None` for the family's plain run (its config.json has no `kind`).
+    pub kind: Option<String>,
+}
+
+impl RunId {
+    /// The family and kind a run's `config.json` records (`unknown` when it names no family).
+    pub fn of_config(config: &serde_json::Value) -> Self {
+        let text = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        RunId { family: text("family").unwrap_or_else(|| "unknown".into()), kind: text("kind") }
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Some(k) => write!(f, "{}/{k}", self.family),
+            None => f.write_str(&self.family),
+        }
+    }
+}
+
+/// What [`CoreError::WrongRunKind`] holds: the run, the kind expected and the kind found, and a
+/// hint (empty, or " (...)") that says what reads the run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongKind {
+    pub run: PathBuf,
+    pub expected: RunId,
+    pub found: RunId,
+    pub hint: String,
+}
+
+impl fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (run, expected, found, hint) = (self.run.display(), &self.expected, &self.found, &self.hint);
+        if found.family != expected.family {
+            write!(
+                f,
+                "{run}: this checkpoint belongs to the `{}` family, not `{}`{hint}",
+                found.family, expected.family
+            )
+        } else {
+            write!(f, "{run}: this is a `{found}` run, not a `{expected}` run{hint}")
+        }
+    }
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

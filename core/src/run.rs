@@ -7,61 +7,11 @@
 //! that type, and refuses a run of another family or kind with [`CoreError::WrongRunKind`],
 //! which names the run, the kind expected and the kind found.
 use crate::error::{CoreError, Result};
+pub use crate::error::{RunId, WrongKind};
 use crate::train::{BatchSource, HarnessConfig, Outcome, TrainTask};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// A family and, for a family's other kinds of run, the kind: `gan`, `gan/sr`, `vae/autoencoder-kl`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunId {
-    pub family: String,
-    /// `None` for the family's plain run (its config.json has no `kind`).
-    pub kind: Option<String>,
-}
-
-impl RunId {
-    /// The family and kind a run's `config.json` records (`unknown` when it names no family).
-    pub fn of_config(config: &serde_json::Value) -> Self {
-        let text = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        RunId { family: text("family").unwrap_or_else(|| "unknown".into()), kind: text("kind") }
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Some(k) => write!(f, "{}/{k}", self.family),
-            None => f.write_str(&self.family),
-        }
-    }
-}
-
-/// What [`CoreError::WrongRunKind`] holds: the run, the kind expected and the kind found, and a
-/// hint (empty, or " (...)") that says what reads the run found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrongKind {
-    pub run: PathBuf,
-    pub expected: RunId,
-    pub found: RunId,
-    pub hint: String,
-}
-
-impl fmt::Display for WrongKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (run, expected, found, hint) = (self.run.display(), &self.expected, &self.found, &self.hint);
-        if found.family != expected.family {
-            write!(
-                f,
-                "{run}: this checkpoint belongs to the `{}` family, not `{}`{hint}",
-                found.family, expected.family
-            )
-        } else {
-            write!(f, "{run}: this is a `{found}` run, not a `{expected}` run{hint}")
-        }
-    }
-}
 
 /// A run configuration type: what one kind of run writes as `config.json`.
 pub trait RunKind: Serialize + DeserializeOwned {

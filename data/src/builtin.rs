@@ -22,18 +22,7 @@ use crate::openmoji::{OpenMoji, OpenMojiOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const NAMES: &[&str] = &[
-    "mnist5k",
-    "digits",
-    "fashion-mnist",
-    "fashion-mnist:test",
-    "mnist",
-    "mnist:test",
-    "cifar10",
-    "cifar10:test",
-    "openmoji-color",
-    "openmoji-black",
-];
+pub use crate::BUILTIN_NAMES as NAMES;
 
 static MNIST5K_CSV_GZ: &[u8] = include_bytes!("../assets/mnist_5k.csv.gz");
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../assets/digits.csv.gz");
@@ -86,13 +75,7 @@ fn csv_gz(name: &str, gz: &[u8], side: usize, max: u32) -> Result<InMemory> {
     InMemory::new(name, [1, side, side], pixels, Some(labels))
 }
 
-/// Where `cargo xtask download` puts datasets: `$GENLAB_DATA_DIR`, else `~/.cache/genlab`.
-pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("GENLAB_DATA_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("genlab"))
-}
+pub use crate::data_dir;
 
 /// Folders searched for a built-in dataset `stem` (`fashion-mnist`, `mnist`, `cifar10`), in order.
 pub fn dataset_dirs(stem: &str) -> Vec<PathBuf> {

@@ -10,7 +10,7 @@ pub enum DataError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("unknown dataset `{0}`: expected a built-in name ({names}), cifar10:DIR, cifar10-test:DIR, an HDF5 file (file.h5 or file.h5:dataset), an IDX images file (*-idx3-ubyte[.gz]) or an image folder", names = crate::builtin::NAMES.join(", "))]
+    #[error("unknown dataset `{0}`: expected a built-in name ({names}), cifar10:DIR, cifar10-test:DIR, an HDF5 file (file.h5 or file.h5:dataset), an IDX images file (*-idx3-ubyte[.gz]) or an image folder", names = crate::BUILTIN_NAMES.join(", "))]
     Unknown(String),
     #[error("dataset `{name}` is not installed: {hint}")]
     NotInstalled { name: String, hint: String },

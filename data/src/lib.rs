@@ -27,6 +27,28 @@ pub use tools::{convert, info, preview};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where `cargo xtask download` puts datasets: `$GENLAB_DATA_DIR`, else `~/.cache/genlab`.
+pub fn data_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("GENLAB_DATA_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("genlab"))
+}
+
+/// The built-in dataset names `open` accepts.
+pub const BUILTIN_NAMES: &[&str] = &[
+    "mnist5k",
+    "digits",
+    "fashion-mnist",
+    "fashion-mnist:test",
+    "mnist",
+    "mnist:test",
+    "cifar10",
+    "cifar10:test",
+    "openmoji-color",
+    "openmoji-black",
+];
+
 /// Choices for [`open_with`]. `size`, `channels`, `crop` and `skip_bad` shape image folders;
 /// for other sources a `size` or `channels` that differs from the data is an error.
 #[derive(Debug, Clone, Default)]

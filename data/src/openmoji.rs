@@ -23,7 +23,7 @@
 //! - Where the SVGs are: `$GENLAB_OPENMOJI_DIR/{color,black}/svg` when that variable is set,
 //!   else `<data dir>/openmoji-npm/node_modules/openmoji/{color,black}/svg`, where
 //!   `cargo xtask setup` installs the package with npm.
-use crate::builtin::data_dir;
+use crate::data_dir;
 use crate::dataset::{Dataset, InMemory, Item};
 use crate::error::{DataError, Result};
 use rayon::prelude::*;

@@ -25,11 +25,9 @@
 //! run starts, and training, resuming and sampling read that copy. `config.json` records where the
 //! autoencoder came from ([`LatentConfig::autoencoder_source`]) for reference only.
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use genlab_core::checkpoint::{self, CheckpointData};
+use genlab_core::checkpoint;
 use genlab_core::train::BatchSource;
-use genlab_data::{Dataset, Loader, LoaderConfig};
 use genlab_vae::train_kl::{self, KlRunConfig};
 use genlab_vae::{AutoencoderKL, AutoencoderKLConfig};
 use serde::{Deserialize, Serialize};
@@ -39,7 +37,6 @@ use crate::error::{DiffusionError, Result};
 use crate::sample::{check_mask, RePaint};
 use crate::schedule::ScheduleConfig;
 use crate::scheduler::SchedulerKind;
-use crate::train::{DiffusionRunConfig, Network};
 use crate::unet::UNet2DModel;
 
 /// The folder of a latent run that holds its copy of the autoencoder.
@@ -92,7 +89,7 @@ pub fn absolute_path(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
-fn check_scale(scale: f64) -> Result<f64> {
+pub(crate) fn check_scale(scale: f64) -> Result<f64> {
     if scale.is_finite() && scale > 0.0 {
         Ok(scale)
     } else {
@@ -185,95 +182,8 @@ pub fn estimate_scale(
     Ok(1.0 / std)
 }
 
-/// The configuration of a new latent run: the U-Net preset `model` built for the latents of the
-/// autoencoder at `autoencoder` on `dataset` (which must have the autoencoder's image shape), the
-/// scale given or estimated from `dataset` (see [`LatentOptions`]), and `schedule` without clipping.
-/// Copy the autoencoder into the run with [`install_autoencoder`] before training.
-pub fn latent_run_config(
-    model: &str,
-    autoencoder: &Path,
-    dataset: &Arc<dyn Dataset>,
-    num_classes: Option<usize>,
-    schedule: ScheduleConfig,
-    data: &str,
-    opts: &LatentOptions,
-    device: Device,
-) -> Result<DiffusionRunConfig> {
-    let (_vs, ae, ae_run) = open_autoencoder(autoencoder, device)?;
-    let [c, h, w] = dataset.shape();
-    let data_shape = [c as i64, h as i64, w as i64];
-    let trained_on = autoencoder_image_shape(&ae.cfg);
-    if trained_on != data_shape {
-        return Err(DiffusionError::AutoencoderShape {
-            path: autoencoder.to_path_buf(),
-            autoencoder: trained_on,
-            data: data.to_string(),
-            data_shape,
-        });
-    }
-    let latent_shape = latent_shape(&ae.cfg, data_shape)?;
-    let scale = match opts.scale {
-        Some(s) => check_scale(s)?,
-        None => {
-            let batch_size = opts.scale_batch_size.clamp(1, dataset.len().max(1));
-            let mut loader = Loader::new(Arc::clone(dataset), LoaderConfig::new(batch_size, opts.seed, device))?;
-            estimate_scale(&ae, &mut loader, opts.scale_batches, opts.sample_posterior)?
-        }
-    };
-    let latent = LatentConfig {
-        autoencoder_source: absolute_path(autoencoder),
-        autoencoder_model: ae_run.model,
-        image_shape: data_shape,
-        latent_shape,
-        scale,
-        scale_estimated: opts.scale.is_none(),
-        sample_posterior: opts.sample_posterior,
-    };
-    DiffusionRunConfig::from_preset_latent(model, latent, num_classes, schedule, data)
-}
-
-/// Copy the autoencoder a new latent run was configured with (its `autoencoder_source`) into
-/// `run_dir/autoencoder/`: its `config.json` and the weights of its newest checkpoint. Refuses a
-/// `run_dir` that already holds a checkpoint (that run has its autoencoder; resume it instead).
-/// Returns the copy's folder.
-pub fn install_autoencoder(run: &DiffusionRunConfig, run_dir: &Path) -> Result<PathBuf> {
-    let latent = run
-        .latent
-        .as_ref()
-        .ok_or_else(|| DiffusionError::Latent("install_autoencoder: this is a pixel-space run configuration".into()))?;
-    let run_dirs = genlab_core::train::RunDir::new(run_dir);
-    if let Some(existing) = checkpoint::latest_checkpoint(&run_dirs.checkpoints()) {
-        return Err(DiffusionError::Latent(format!(
-            "{} already holds a checkpoint ({}) and its own autoencoder; pass --resume to continue it or choose \
-             another --out",
-            run_dir.display(),
-            existing.display()
-        )));
-    }
-    let src = &latent.autoencoder_source;
-    let err = |message: String| DiffusionError::Autoencoder { path: src.clone(), message };
-    let ck = genlab_core::train::open_checkpoint(src).map_err(|e| err(e.to_string()))?;
-    let weights = ck.read_group("model").map_err(|e| err(e.to_string()))?;
-    let dst = run_dir.join(AUTOENCODER_DIR);
-    if dst.exists() {
-        // Left by a start that stopped before its first checkpoint.
-        std::fs::remove_dir_all(&dst).map_err(|e| genlab_core::CoreError::Io { path: dst.clone(), error: e })?;
-    }
-    let copy = genlab_core::train::RunDir::new(&dst);
-    std::fs::create_dir_all(&dst).map_err(|e| genlab_core::CoreError::Io { path: dst.clone(), error: e })?;
-    let config_text = serde_json::to_string_pretty(&ck.config).unwrap_or_default();
-    checkpoint::write_atomic(&copy.config_file(), config_text.as_bytes())?;
-    let data = CheckpointData {
-        groups: [("model".to_string(), weights)].into_iter().collect(),
-        config: ck.config.clone(),
-        state: serde_json::json!({ "step": ck.step(), "copied_from": ck.dir }),
-    };
-    checkpoint::save_checkpoint(&copy.checkpoints(), ck.step(), &data, 1)?;
-    Ok(dst)
-}
-
 /// The run directory of `path`, a run directory or one of its checkpoint folders (`RUN/checkpoints/step-*`).
-fn run_root(path: &Path) -> PathBuf {
+pub(crate) fn run_root(path: &Path) -> PathBuf {
     if path.join(checkpoint::STATE_FILE).is_file() {
         if let Some(root) = path.parent().and_then(Path::parent) {
             return root.to_path_buf();
@@ -362,22 +272,6 @@ impl LatentAutoencoder {
             ))),
         }
     }
-}
-
-/// A trained diffusion run (its EMA weights) with, for a latent run, its autoencoder.
-pub fn load_run(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
-    load_run_weights(path, crate::train::Weights::Ema, device)
-}
-
-/// [`load_run`] with the EMA or the raw weights.
-pub fn load_run_weights(
-    path: &Path,
-    weights: crate::train::Weights,
-    device: Device,
-) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
-    let (net, run) = crate::train::load_weights(path, weights, device)?;
-    let ae = run.latent.as_ref().map(|l| LatentAutoencoder::load(path, l, device)).transpose()?;
-    Ok((net, run, ae))
 }
 
 /// `n` images from a latent model: latents sampled with `steps` steps of the scheduler `kind` (guidance

@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod sd;
 pub mod train;
 pub mod unet;
+pub mod weights;
 
 pub use error::{DiffusionError, Result};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, ScheduleConfig, TimestepSpacing};

@@ -36,7 +36,7 @@ pub struct DiffusionRun {
 impl DiffusionRun {
     /// Load the run directory or checkpoint folder at `path` (its latent autoencoder too).
     pub fn open(path: &Path, weights: Weights, device: Device) -> Result<Self> {
-        let (net, run, ae) = crate::latent::load_run_weights(path, weights, device)?;
+        let (net, run, ae) = load_run_weights(path, weights, device)?;
         let options = SampleOptions {
             scheduler: run.sample_scheduler,
             steps: run.sample_steps,
@@ -75,4 +75,20 @@ impl ImageSampler for DiffusionRun {
             self.weights.group()
         )
     }
+}
+
+/// A trained diffusion run (its EMA weights) with, for a latent run, its autoencoder.
+pub fn load_run(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
+    load_run_weights(path, Weights::Ema, device)
+}
+
+/// [`load_run`] with the EMA or the raw weights.
+pub fn load_run_weights(
+    path: &Path,
+    weights: Weights,
+    device: Device,
+) -> Result<(Network, DiffusionRunConfig, Option<LatentAutoencoder>)> {
+    let (net, run) = crate::train::load_weights(path, weights, device)?;
+    let ae = run.latent.as_ref().map(|l| LatentAutoencoder::load(path, l, device)).transpose()?;
+    Ok((net, run, ae))
 }

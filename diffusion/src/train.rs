@@ -13,13 +13,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use genlab_core::checkpoint::CheckpointReader;
+use genlab_core::checkpoint::{self, CheckpointData, CheckpointReader};
 use genlab_core::ema::{Ema, EmaWarmup};
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::precision::GradScaler;
 use genlab_core::train::{Batch, StepOutput, TrainTask};
 use genlab_core::Precision;
+use genlab_data::{Dataset, Loader, LoaderConfig};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::error::{DiffusionError, Result};
@@ -156,7 +159,7 @@ impl DiffusionRunConfig {
 
     /// A latent run of U-Net preset `model`: the U-Net is built for `latent.latent_shape`, and the
     /// schedule does not clip the predicted sample (latents are not bounded to [-1, 1]; Stable
-    /// Diffusion's schedulers set `clip_sample` false too). See [`crate::latent::latent_run_config`],
+    /// Diffusion's schedulers set `clip_sample` false too). See [`latent_run_config`],
     /// which estimates the scale and checks the autoencoder against the data.
     pub fn from_preset_latent(
         model: &str,
@@ -277,7 +280,7 @@ impl DiffusionTask {
     }
 
     /// A run in the directory `run_dir`: a latent run loads its copy of the autoencoder from there
-    /// (written by [`crate::latent::install_autoencoder`]).
+    /// (written by [`install_autoencoder`]).
     pub fn for_run(run: DiffusionRunConfig, run_dir: &Path, device: Device) -> Result<Self> {
         let ae = run.latent.as_ref().map(|l| LatentAutoencoder::load(run_dir, l, device)).transpose()?;
         Self::with_autoencoder(run, ae, device)
@@ -450,6 +453,93 @@ pub fn load_weights(path: &Path, weights: Weights, device: Device) -> Result<(Ne
     let net = Network::new(&run.unet, device)?;
     ck.load_group_into(weights.group(), &net.vs)?;
     Ok((net, run))
+}
+
+/// The configuration of a new latent run: the U-Net preset `model` built for the latents of the
+/// autoencoder at `autoencoder` on `dataset` (which must have the autoencoder's image shape), the
+/// scale given or estimated from `dataset` (see [`LatentOptions`]), and `schedule` without clipping.
+/// Copy the autoencoder into the run with [`install_autoencoder`] before training.
+pub fn latent_run_config(
+    model: &str,
+    autoencoder: &Path,
+    dataset: &Arc<dyn Dataset>,
+    num_classes: Option<usize>,
+    schedule: ScheduleConfig,
+    data: &str,
+    opts: &crate::latent::LatentOptions,
+    device: Device,
+) -> Result<DiffusionRunConfig> {
+    let (_vs, ae, ae_run) = crate::latent::open_autoencoder(autoencoder, device)?;
+    let [c, h, w] = dataset.shape();
+    let data_shape = [c as i64, h as i64, w as i64];
+    let trained_on = crate::latent::autoencoder_image_shape(&ae.cfg);
+    if trained_on != data_shape {
+        return Err(DiffusionError::AutoencoderShape {
+            path: autoencoder.to_path_buf(),
+            autoencoder: trained_on,
+            data: data.to_string(),
+            data_shape,
+        });
+    }
+    let latent_shape = crate::latent::latent_shape(&ae.cfg, data_shape)?;
+    let scale = match opts.scale {
+        Some(s) => crate::latent::check_scale(s)?,
+        None => {
+            let batch_size = opts.scale_batch_size.clamp(1, dataset.len().max(1));
+            let mut loader = Loader::new(Arc::clone(dataset), LoaderConfig::new(batch_size, opts.seed, device))?;
+            crate::latent::estimate_scale(&ae, &mut loader, opts.scale_batches, opts.sample_posterior)?
+        }
+    };
+    let latent = LatentConfig {
+        autoencoder_source: crate::latent::absolute_path(autoencoder),
+        autoencoder_model: ae_run.model,
+        image_shape: data_shape,
+        latent_shape,
+        scale,
+        scale_estimated: opts.scale.is_none(),
+        sample_posterior: opts.sample_posterior,
+    };
+    DiffusionRunConfig::from_preset_latent(model, latent, num_classes, schedule, data)
+}
+
+/// Copy the autoencoder a new latent run was configured with (its `autoencoder_source`) into
+/// `run_dir/autoencoder/`: its `config.json` and the weights of its newest checkpoint. Refuses a
+/// `run_dir` that already holds a checkpoint (that run has its autoencoder; resume it instead).
+/// Returns the copy's folder.
+pub fn install_autoencoder(run: &DiffusionRunConfig, run_dir: &Path) -> Result<PathBuf> {
+    let latent = run
+        .latent
+        .as_ref()
+        .ok_or_else(|| DiffusionError::Latent("install_autoencoder: this is a pixel-space run configuration".into()))?;
+    let run_dirs = genlab_core::train::RunDir::new(run_dir);
+    if let Some(existing) = checkpoint::latest_checkpoint(&run_dirs.checkpoints()) {
+        return Err(DiffusionError::Latent(format!(
+            "{} already holds a checkpoint ({}) and its own autoencoder; pass --resume to continue it or choose \
+             another --out",
+            run_dir.display(),
+            existing.display()
+        )));
+    }
+    let src = &latent.autoencoder_source;
+    let err = |message: String| DiffusionError::Autoencoder { path: src.clone(), message };
+    let ck = genlab_core::train::open_checkpoint(src).map_err(|e| err(e.to_string()))?;
+    let weights = ck.read_group("model").map_err(|e| err(e.to_string()))?;
+    let dst = run_dir.join(crate::latent::AUTOENCODER_DIR);
+    if dst.exists() {
+        // Left by a start that stopped before its first checkpoint.
+        std::fs::remove_dir_all(&dst).map_err(|e| genlab_core::CoreError::Io { path: dst.clone(), error: e })?;
+    }
+    let copy = genlab_core::train::RunDir::new(&dst);
+    std::fs::create_dir_all(&dst).map_err(|e| genlab_core::CoreError::Io { path: dst.clone(), error: e })?;
+    let config_text = serde_json::to_string_pretty(&ck.config).unwrap_or_default();
+    checkpoint::write_atomic(&copy.config_file(), config_text.as_bytes())?;
+    let data = CheckpointData {
+        groups: [("model".to_string(), weights)].into_iter().collect(),
+        config: ck.config.clone(),
+        state: serde_json::json!({ "step": ck.step(), "copied_from": ck.dir }),
+    };
+    checkpoint::save_checkpoint(&copy.checkpoints(), ck.step(), &data, 1)?;
+    Ok(dst)
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use genlab_core::train::{run, HarnessConfig, StopToken, TrainTask};
 use genlab_data::{Dataset, Loader, LoaderConfig};
-use genlab_diffusion::latent::{
-    self, estimate_scale, install_autoencoder, latent_run_config, load_run, LatentAutoencoder, LatentOptions,
-};
+use genlab_diffusion::latent::{self, estimate_scale, LatentAutoencoder, LatentOptions};
+use genlab_diffusion::load::load_run;
 use genlab_diffusion::sample::RePaint;
+use genlab_diffusion::train::{install_autoencoder, latent_run_config};
 use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{DiffusionError, ScheduleConfig, SchedulerKind};
 use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};

@@ -6,9 +6,11 @@
 //! between Gaussians fitted to the 64-dimensional pixel vectors (FID's formula on pixels).
 use genlab_core::train::{run, HarnessConfig};
 use genlab_data::{Dataset, Loader, LoaderConfig};
-use genlab_diffusion::latent::{self, install_autoencoder, latent_run_config, load_run, LatentOptions};
+use genlab_diffusion::latent::{self, LatentOptions};
+use genlab_diffusion::load::load_run;
 use genlab_diffusion::loss::denoising_loss;
 use genlab_diffusion::train::DiffusionTask;
+use genlab_diffusion::train::{install_autoencoder, latent_run_config};
 use genlab_diffusion::{NoiseSchedule, ScheduleConfig, SchedulerKind, UNet2DModel};
 use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
 use tch::{Device, Kind, Tensor};

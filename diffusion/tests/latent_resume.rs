@@ -5,8 +5,8 @@ use std::path::Path;
 
 use genlab_core::train::{run, HarnessConfig, StopToken, TrainTask};
 use genlab_data::{Loader, LoaderConfig};
-use genlab_diffusion::latent::{install_autoencoder, latent_run_config, LatentOptions};
-use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
+use genlab_diffusion::latent::LatentOptions;
+use genlab_diffusion::train::{install_autoencoder, latent_run_config, DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::ScheduleConfig;
 use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
 use tch::{Device, Tensor};

@@ -9,6 +9,11 @@
 //! - [`interpolate`], [`anomaly`], [`embed`], [`impute`], [`likelihood`]: latent tools —
 //!   interpolation grids, anomaly scores and ROC-AUC, latent embeddings and a linear probe,
 //!   imputation of missing pixels, and the IWAE bound on log-likelihood.
+/// The `family` every VAE-family run records in its `config.json`.
+pub const FAMILY: &str = "vae";
+/// The `kind` a KL autoencoder run records (a plain VAE run records none).
+pub const KL_KIND: &str = "autoencoder-kl";
+
 pub mod anomaly;
 pub mod autoencoder_kl;
 pub mod embed;

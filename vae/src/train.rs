@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{nn::VarStore, Device, Tensor};
 
-pub const FAMILY: &str = "vae";
+pub use crate::FAMILY;
 
 /// Everything `config.json` records about a VAE run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct VaeRunConfig {
 }
 
 genlab_core::run_kind!(VaeRunConfig, FAMILY, hint: |found| {
-    (found.kind.as_deref() == Some(crate::train_kl::KIND)).then(|| {
+    (found.kind.as_deref() == Some(crate::KL_KIND)).then(|| {
         "a KL autoencoder run has no prior to sample from; genlab_vae::train_kl::load reads it".to_string()
     })
 });

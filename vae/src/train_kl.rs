@@ -6,7 +6,7 @@
 use crate::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::error::{Result, VaeError};
 use crate::loss::{kl_autoencoder_loss, ReconLoss};
-use crate::train::FAMILY;
+use crate::FAMILY;
 use genlab_core::checkpoint::CheckpointReader;
 use genlab_core::optim::{Adam, AdamConfig};
 use genlab_core::precision::GradScaler;
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// `config.json`'s `kind` for a KL autoencoder run.
-pub const KIND: &str = "autoencoder-kl";
+pub use crate::KL_KIND as KIND;
 
 /// The `--model` presets of a KL autoencoder run.
 pub const PRESETS: &[&str] = &["kl-f2", "kl-f4", "sd15"];
@@ -39,8 +39,8 @@ pub struct KlRunConfig {
     pub data: String,
 }
 
-genlab_core::run_kind!(KlRunConfig, crate::train::FAMILY, KIND, hint: |found| {
-    (found.family == crate::train::FAMILY && found.kind.is_none())
+genlab_core::run_kind!(KlRunConfig, FAMILY, KIND, hint: |found| {
+    (found.family == FAMILY && found.kind.is_none())
         .then(|| "a plain VAE run; train a KL autoencoder with --model kl-f2, kl-f4 or sd15".to_string())
 });
 

@@ -443,7 +443,7 @@ impl ClipTextModel {
     /// reported at once, naming the file. The returned VarStore holds the weights (for `half()`, `freeze()`).
     pub fn load(dir: &Path, device: Device) -> Result<(Self, VarStore)> {
         let cfg = ClipTextConfig::from_json_file(&dir.join(CONFIG_FILE))?;
-        let (named, source) = crate::sd::loader::read_weights(dir, "model")?;
+        let (named, source) = crate::weights::read_weights(dir, "model")?;
         Self::load_named(&cfg, named, &source, device)
     }
 

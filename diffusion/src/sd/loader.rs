@@ -6,8 +6,8 @@
 //! as the presets. Weights are read from `<stem>.safetensors`, a sharded `<stem>.safetensors.index.json`, or
 //! the `<stem>.fp16.safetensors` variant; every missing, unexpected and mis-shaped key of all components is
 //! reported in one error.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use serde::Deserialize;
 use tch::nn::VarStore;
@@ -23,47 +23,10 @@ use crate::schedule::ScheduleConfig;
 use crate::scheduler::SchedulerKind;
 use crate::sd::single_file;
 use crate::sd::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+pub use crate::weights::read_weights;
 
 fn model_err(path: &Path, message: impl Into<String>) -> DiffusionError {
     DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
-}
-
-/// Read a component's weights from `dir`, in this order of preference: `<stem>.safetensors`, its sharded
-/// form `<stem>.safetensors.index.json` (whose `weight_map` names the shards), then the same two for the
-/// `<stem>.fp16` variant. Returns the tensors and the file they came from (for messages).
-pub fn read_weights(dir: &Path, stem: &str) -> Result<(Vec<(String, Tensor)>, PathBuf)> {
-    for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
-        let single = dir.join(&name);
-        if single.is_file() {
-            return Ok((read_safetensors(&single)?, single));
-        }
-        let index = dir.join(format!("{name}.index.json"));
-        if index.is_file() {
-            return Ok((read_sharded(&index)?, index));
-        }
-    }
-    Err(model_err(
-        &dir.join(format!("{stem}.safetensors")),
-        format!("file not found (nor a sharded {stem}.safetensors.index.json or an fp16 variant beside it)"),
-    ))
-}
-
-/// Every shard a `*.safetensors.index.json` names in its `weight_map`, read and concatenated.
-fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
-    #[derive(Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let text = std::fs::read_to_string(index).map_err(|e| model_err(index, format!("cannot read: {e}")))?;
-    let idx: Index = serde_json::from_str(&text)
-        .map_err(|e| model_err(index, format!("not a shard index with a weight_map: {e}")))?;
-    let shards: BTreeSet<&String> = idx.weight_map.values().collect();
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut all = Vec::new();
-    for s in shards {
-        all.extend(read_safetensors(&dir.join(s))?);
-    }
-    Ok(all)
 }
 
 /// Fill several components at once; the error lists every component's problems.

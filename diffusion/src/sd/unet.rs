@@ -876,7 +876,7 @@ impl UNet2DConditionModel {
     /// missing, unexpected or mis-shaped tensor is reported at once.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(Self, nn::VarStore)> {
         let cfg = UNet2DConditionConfig::from_json_file(&dir.join("config.json"))?;
-        let (named, source) = crate::sd::loader::read_weights(dir, "diffusion_pytorch_model")?;
+        let (named, source) = crate::weights::read_weights(dir, "diffusion_pytorch_model")?;
         Self::load_named(&cfg, &named, &source, device, kind)
     }
 

@@ -371,6 +371,27 @@ impl SynthesisNetwork {
     }
 }
 
+/// `w_avg + psi * (w - w_avg)`: pull latents toward the mean w, trading variety for typical
+/// images (the truncation trick). `psi` must lie in [0, 1]: 0 gives `w_avg` itself, 1 the
+/// latents unchanged; above 1 it pushes them away from the mean into regions the generator
+/// rarely saw, below 0 it mirrors them through the mean.
+///
+/// # Shapes
+/// - `w`: [n, w_dim] or [n, num_ws, w_dim]; `w_avg`: [w_dim] -> same as `w`
+pub fn truncate(w: &Tensor, w_avg: &Tensor, psi: f64) -> Result<Tensor> {
+    if !(0.0..=1.0).contains(&psi) {
+        return Err(GanError::Config(format!(
+            "truncation psi {psi} is outside [0, 1]: psi interpolates from the mean w (0) to the sampled w (1); \
+             values above 1 extrapolate past the sample into latents the generator rarely saw"
+        )));
+    }
+    let d = *w.size().last().unwrap_or(&0);
+    if w_avg.size() != [d] {
+        return Err(GanError::Config(format!("truncation: w_avg has shape {:?}, w ends in {d}", w_avg.size())));
+    }
+    Ok(w_avg.to_kind(w.kind()).lerp(w, psi))
+}
+
 /// `Generator`: mapping then synthesis.
 #[derive(Debug)]
 pub struct Generator {
@@ -392,14 +413,14 @@ impl Generator {
     }
 
     /// Images at the network's resolution from latents `z`, truncated toward `w_avg` by `psi`
-    /// (1: none; see [`crate::stylegan2::tools::truncate`]). `train`: update `w_avg` and use the
+    /// (1: none; see [`truncate`]). `train`: update `w_avg` and use the
     /// per-sample (non-fused) modulation, as the reference does in training mode.
     ///
     /// # Shapes
     /// - `z`: [n, z_dim] -> [n, img_channels, resolution, resolution]
     pub fn forward(&self, z: &Tensor, psi: f64, noise_mode: NoiseMode, train: bool) -> Result<Tensor> {
         let ws = self.mapping.forward(z, train)?;
-        let ws = if psi != 1.0 { crate::stylegan2::tools::truncate(&ws, &self.mapping.w_avg, psi)? } else { ws };
+        let ws = if psi != 1.0 { truncate(&ws, &self.mapping.w_avg, psi)? } else { ws };
         self.synthesis.forward(&ws, noise_mode, !train)
     }
 }

@@ -13,26 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
-/// `w_avg + psi * (w - w_avg)`: pull latents toward the mean w, trading variety for typical
-/// images (the truncation trick). `psi` must lie in [0, 1]: 0 gives `w_avg` itself, 1 the
-/// latents unchanged; above 1 it pushes them away from the mean into regions the generator
-/// rarely saw, below 0 it mirrors them through the mean.
-///
-/// # Shapes
-/// - `w`: [n, w_dim] or [n, num_ws, w_dim]; `w_avg`: [w_dim] -> same as `w`
-pub fn truncate(w: &Tensor, w_avg: &Tensor, psi: f64) -> Result<Tensor> {
-    if !(0.0..=1.0).contains(&psi) {
-        return Err(GanError::Config(format!(
-            "truncation psi {psi} is outside [0, 1]: psi interpolates from the mean w (0) to the sampled w (1); \
-             values above 1 extrapolate past the sample into latents the generator rarely saw"
-        )));
-    }
-    let d = *w.size().last().unwrap_or(&0);
-    if w_avg.size() != [d] {
-        return Err(GanError::Config(format!("truncation: w_avg has shape {:?}, w ends in {d}", w_avg.size())));
-    }
-    Ok(w_avg.to_kind(w.kind()).lerp(w, psi))
-}
+pub use crate::stylegan2::generator::truncate;
 
 /// The standard-normal latent of `seed` (SplitMix64 stream, Box-Muller pairs).
 ///
