@@ -15,6 +15,7 @@
 //!   run setup (scale estimate, a self-contained copy of the autoencoder) and decoded sampling,
 //!   image-to-image and inpainting.
 pub mod clip;
+pub mod denoise;
 pub mod error;
 pub mod latent;
 pub mod load;

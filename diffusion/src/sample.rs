@@ -19,6 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::denoise::{denoise, keep, Denoiser, Move};
 use crate::error::{DiffusionError, Result};
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::scheduler::{build, strength_timesteps, Scheduler, SchedulerKind};
@@ -79,22 +80,27 @@ fn guided_output(
     }
 }
 
-/// Run `scheduler` from `x` over `timesteps`, each model call guided. The result is not clamped
-/// (latents are not bounded).
-fn denoise(
-    model: &UNet2DModel,
-    scheduler: &mut dyn Scheduler,
-    mut x: Tensor,
-    timesteps: &[f64],
-    labels: Option<&Tensor>,
-    guidance_scale: f64,
-) -> Result<Tensor> {
-    for &t in timesteps {
-        let input = scheduler.scale_model_input(&x, t)?;
-        let out = guided_output(model, &input, t, labels, guidance_scale)?;
-        x = scheduler.step(&out, t, &x)?;
+/// A class-conditional or unconditional U-Net with its labels and guidance scale: the
+/// [`Denoiser`] of pixel and latent runs.
+pub struct ClassGuided<'a> {
+    pub model: &'a UNet2DModel,
+    /// One label per sample (checked by [`ClassGuided::new`]); `None` for an unconditional model.
+    pub labels: Option<Tensor>,
+    pub guidance_scale: f64,
+}
+
+impl<'a> ClassGuided<'a> {
+    /// Check `labels` and `guidance_scale` against `model` for `n` samples (classes cycled when a
+    /// conditional model gets no labels).
+    pub fn new(model: &'a UNet2DModel, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Self> {
+        Ok(ClassGuided { model, labels: resolve_labels(model, labels, n, guidance_scale)?, guidance_scale })
     }
-    Ok(x)
+}
+
+impl Denoiser for ClassGuided<'_> {
+    fn predict(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        guided_output(self.model, x, t, self.labels.as_ref(), self.guidance_scale)
+    }
 }
 
 /// `n` samples from noise with `steps` steps of the scheduler `kind`. A class-conditional model takes
@@ -135,14 +141,12 @@ pub(crate) fn sample_unclamped(
         return Err(DiffusionError::Config(format!("the number of samples must be at least 1, got {n}")));
     }
     let mut scheduler = build(kind, schedule, steps)?;
-    let labels = resolve_labels(model, labels, n, guidance_scale)?;
+    let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
     let [h, w] = model.cfg.sample_size;
     let shape = [n, model.cfg.in_channels, h, w];
-    tch::no_grad(|| {
-        let x = Tensor::randn(shape, (Kind::Float, model.device())) * scheduler.init_noise_sigma();
-        let timesteps = scheduler.timesteps().to_vec();
-        denoise(model, scheduler.as_mut(), x, &timesteps, labels.as_ref(), guidance_scale)
-    })
+    let x = tch::no_grad(|| Tensor::randn(shape, (Kind::Float, model.device())) * scheduler.init_noise_sigma());
+    let moves = Move::steps(scheduler.timesteps());
+    denoise(&denoiser, scheduler.as_mut(), x, &moves, &mut keep)
 }
 
 /// RePaint's resampling: after reaching every `jump_length`-th noise level, go back up `jump_length`
@@ -257,7 +261,7 @@ pub(crate) fn inpaint_unclamped(
     }
     let mut scheduler = build(SchedulerKind::Ddpm, schedule, steps)?;
     let n = image.size()[0];
-    let labels = resolve_labels(model, labels, n, guidance_scale)?;
+    let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
     let noise_schedule = NoiseSchedule::new(schedule)?;
     let abar = noise_schedule.alphas_cumprod();
     let timesteps = scheduler.timesteps().to_vec();
@@ -265,35 +269,39 @@ pub(crate) fn inpaint_unclamped(
     // Level l >= 1 is inference timestep k - l; level 0 is the clean image.
     let timestep = |l: usize| timesteps[k - l];
     let abar_at = |l: usize| if l == 0 { 1.0 } else { abar[timestep(l) as usize] };
+    // Down one level: a reverse step; up a jump: the forward process. `to[i]`: the level after move i.
+    let levels = repaint.levels(k);
+    let (moves, to): (Vec<Move>, Vec<usize>) = levels
+        .windows(2)
+        .map(|w| {
+            let m = if w[1] < w[0] {
+                Move::Step(timestep(w[0]))
+            } else {
+                Move::Renoise { ratio: abar_at(w[1]) / abar_at(w[0]) }
+            };
+            (m, w[1])
+        })
+        .unzip();
     let device = model.device();
-    tch::no_grad(|| {
+    let (original, known, unknown, x) = tch::no_grad(|| -> Result<_> {
         let original = image.f_to_kind(Kind::Float)?.f_to_device(device)?;
         let known = mask.f_to_kind(Kind::Float)?.f_to_device(device)?.f_gt(0.5)?.to_kind(Kind::Float);
         let unknown = known.ones_like() - &known;
-        let mut x = original.randn_like();
-        let levels = repaint.levels(k);
-        for w in levels.windows(2) {
-            let (from, to) = (w[0], w[1]);
-            if to < from {
-                let t = timestep(from);
-                let out = guided_output(model, &x, t, labels.as_ref(), guidance_scale)?;
-                let generated = scheduler.step(&out, t, &x)?;
-                let known_part = if to == 0 {
-                    original.shallow_clone()
-                } else {
-                    let t_to = Tensor::from_slice(&[timestep(to) as i64]);
-                    noise_schedule.add_noise(&original, &original.randn_like(), &t_to)?
-                };
-                x = &known * known_part + &unknown * generated;
-            } else {
-                // q(x_to | x_from): the forward process over the jump.
-                let ratio = abar_at(to) / abar_at(from);
-                let z = x.randn_like();
-                x = x * ratio.sqrt() + z * (1.0 - ratio).sqrt();
-            }
-        }
-        Ok(&known * &original + &unknown * x)
-    })
+        let x = original.randn_like();
+        Ok((original, known, unknown, x))
+    })?;
+    // After every reverse step the known region is the original at the new level.
+    let mut replace_known = |i: usize, generated: Tensor, _: &dyn Scheduler| -> Result<Tensor> {
+        let known_part = if to[i] == 0 {
+            original.shallow_clone()
+        } else {
+            let t_to = Tensor::from_slice(&[timestep(to[i]) as i64]);
+            noise_schedule.add_noise(&original, &original.randn_like(), &t_to)?
+        };
+        Ok(&known * known_part + &unknown * generated)
+    };
+    let x = denoise(&denoiser, scheduler.as_mut(), x, &moves, &mut replace_known)?;
+    Ok(tch::no_grad(|| &known * &original + &unknown * x))
 }
 
 /// SDEdit: noise `image` to `strength` (0 < strength <= 1) of the way along the sampler's schedule,
@@ -342,12 +350,12 @@ pub(crate) fn img2img_unclamped(
             )))
         }
     };
-    let labels = resolve_labels(model, labels, n, guidance_scale)?;
-    tch::no_grad(|| {
+    let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
+    let x = tch::no_grad(|| -> Result<Tensor> {
         let original = image.f_to_kind(Kind::Float)?.f_to_device(model.device())?;
-        let x = scheduler.add_noise(&original, &original.randn_like(), &Tensor::from_slice(&timesteps[..1]))?;
-        denoise(model, scheduler.as_mut(), x, &timesteps, labels.as_ref(), guidance_scale)
-    })
+        scheduler.add_noise(&original, &original.randn_like(), &Tensor::from_slice(&timesteps[..1]))
+    })?;
+    denoise(&denoiser, scheduler.as_mut(), x, &Move::steps(&timesteps), &mut keep)
 }
 
 /// Read a PNG (or JPEG) as a batch of one image in [-1, 1] with `channels` channels: grey images

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use genlab_core::seed::with_seed;
 
+use crate::denoise::{denoise, keep, Denoiser, Move};
 use crate::error::{DiffusionError, Result};
 use crate::scheduler::{self, strength_timesteps, Scheduler, SchedulerKind};
 use crate::sd::loader::StableDiffusion;
@@ -170,34 +171,6 @@ impl StableDiffusion {
         })
     }
 
-    /// One guided noise prediction. `extra` (inpainting models) is concatenated to the UNet's input channels.
-    fn predict(
-        &self,
-        sched: &dyn Scheduler,
-        latents: &Tensor,
-        t: f64,
-        cond: &Conditioning,
-        guidance_scale: f64,
-        extra: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let guided = cond.guided;
-        let input = if guided { Tensor::cat(&[latents, latents], 0) } else { latents.shallow_clone() };
-        let mut input = sched.scale_model_input(&input, t)?;
-        if let Some(e) = extra {
-            let e = if guided { Tensor::cat(&[e, e], 0) } else { e.shallow_clone() };
-            input = Tensor::cat(&[&input, &e], 1);
-        }
-        let timestep = Tensor::from(t).to_device(self.device());
-        let added = cond.added.as_ref().map(|(p, i)| (p, i));
-        let out = self.unet.forward_added(&input.to_kind(self.kind()), &timestep, &cond.text, added)?;
-        Ok(if guided {
-            let parts = out.chunk(2, 0);
-            &parts[0] + (&parts[1] - &parts[0]) * guidance_scale
-        } else {
-            out
-        })
-    }
-
     /// Decode latents to images in [0, 1] on the CPU (f32).
     ///
     /// # Shapes
@@ -255,30 +228,31 @@ impl StableDiffusion {
         &self,
         opts: &GenerateOptions,
         sched: &mut dyn Scheduler,
-        mut latents: Tensor,
+        latents: Tensor,
         timesteps: &[f64],
         inpaint: Option<&Inpaint>,
     ) -> Result<Generated> {
         let f = self.vae_factor();
         let (_, _, lh, lw) = latents.size4()?;
         let cond = self.conditioning(opts, lh * f, lw * f)?;
-        tch::no_grad(|| -> Result<()> {
-            for (i, &t) in timesteps.iter().enumerate() {
-                let extra = inpaint.and_then(|p| p.extra.as_ref());
-                let eps = self.predict(sched, &latents, t, &cond, opts.guidance_scale, extra)?;
-                latents = sched.step(&eps.to_kind(Kind::Float), t, &latents.to_kind(Kind::Float))?;
-                if let Some(p) = inpaint.filter(|p| p.extra.is_none()) {
-                    // A plain model repaints the masked region only: the known region is the image's latents
-                    // noised to the next timestep (diffusers' StableDiffusionInpaintPipeline, 4-channel UNets).
+        let extra = inpaint.and_then(|p| p.extra.as_ref());
+        let denoiser = TextGuided { sd: self, cond: &cond, guidance_scale: opts.guidance_scale, extra };
+        let moves = Move::steps(timesteps);
+        let latents = match inpaint.filter(|p| p.extra.is_none()) {
+            // A plain model repaints the masked region only: after every step the known region is the image's
+            // latents noised to the next timestep (diffusers' StableDiffusionInpaintPipeline, 4-channel UNets).
+            Some(p) => {
+                let mut replace_known = |i: usize, x: Tensor, sched: &dyn Scheduler| -> Result<Tensor> {
                     let known = match timesteps.get(i + 1) {
                         Some(&next) => sched.add_noise(&p.image_latents, &p.noise, &Tensor::from(next))?,
                         None => p.image_latents.shallow_clone(),
                     };
-                    latents = &known * (1.0 - &p.mask) + &latents * &p.mask;
-                }
+                    Ok(&known * (1.0 - &p.mask) + &x * &p.mask)
+                };
+                denoise(&denoiser, sched, latents, &moves, &mut replace_known)?
             }
-            Ok(())
-        })?;
+            None => denoise(&denoiser, sched, latents, &moves, &mut keep)?,
+        };
         let images = self.decode(&latents)?;
         Ok(Generated { latents, images, timesteps: timesteps.to_vec() })
     }
@@ -356,6 +330,36 @@ impl StableDiffusion {
             };
             let p = Inpaint { image_latents, noise, mask: latent_mask, extra };
             self.denoise(&opts, sched.as_mut(), latents, &timesteps, Some(&p))
+        })
+    }
+}
+
+/// A Stable Diffusion U-Net with the text conditioning of one generation: the [`Denoiser`] of the
+/// pipelines. `extra` (inpainting models' mask and masked-image latents) is concatenated to the
+/// U-Net's input channels after the scheduler's scaling.
+struct TextGuided<'a> {
+    sd: &'a StableDiffusion,
+    cond: &'a Conditioning,
+    guidance_scale: f64,
+    extra: Option<&'a Tensor>,
+}
+
+impl Denoiser for TextGuided<'_> {
+    fn predict(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let guided = self.cond.guided;
+        let mut input = if guided { Tensor::cat(&[x, x], 0) } else { x.shallow_clone() };
+        if let Some(e) = self.extra {
+            let e = if guided { Tensor::cat(&[e, e], 0) } else { e.shallow_clone() };
+            input = Tensor::cat(&[&input, &e], 1);
+        }
+        let timestep = Tensor::from(t).to_device(self.sd.device());
+        let added = self.cond.added.as_ref().map(|(p, i)| (p, i));
+        let out = self.sd.unet.forward_added(&input.to_kind(self.sd.kind()), &timestep, &self.cond.text, added)?;
+        Ok(if guided {
+            let parts = out.chunk(2, 0);
+            &parts[0] + (&parts[1] - &parts[0]) * self.guidance_scale
+        } else {
+            out
         })
     }
 }
