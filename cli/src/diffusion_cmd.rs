@@ -6,8 +6,8 @@ use genlab_core::ema::EmaWarmup;
 use genlab_core::run::Start;
 use genlab_core::DeviceSpec;
 use genlab_diffusion::latent::{self, LatentOptions};
-use genlab_diffusion::load::{load_run, load_run_weights};
-use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
+use genlab_diffusion::load::{DiffusionRun, SampleOptions};
+use genlab_diffusion::sample::{read_image, read_mask, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
 use genlab_diffusion::train::{install_autoencoder, latent_run_config};
 use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask, Weights};
@@ -110,8 +110,9 @@ pub struct Guidance {
 }
 
 impl Guidance {
-    fn labels(&self, n: i64) -> Option<Tensor> {
-        self.class.map(|c| Tensor::full([n], c, (tch::Kind::Int64, tch::Device::Cpu)))
+    /// `base` with the class and guidance scale of these flags (guidance 1, none, by default).
+    fn options(&self, base: SampleOptions) -> SampleOptions {
+        SampleOptions { class: self.class, guidance_scale: self.guidance.unwrap_or(1.0), ..base }
     }
 }
 
@@ -458,19 +459,17 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     if a.n <= 0 {
         bail!("--n must be at least 1");
     }
-    let sampler = f.sampler.as_deref().map(str::parse::<SchedulerKind>).transpose()?;
-    let weights = f.weights.parse::<Weights>()?;
     let device = a.device.resolve()?;
-    let (net, run, ae) = load_run_weights(&a.run, weights, device)?;
-    let (kind, steps) = (sampler.unwrap_or(run.sample_scheduler), f.steps.unwrap_or(run.sample_steps));
+    let mut run = DiffusionRun::open(&a.run, f.weights.parse::<Weights>()?, device)?;
+    if let Some(s) = &f.sampler {
+        run.options.scheduler = s.parse()?;
+    }
+    run.options.steps = f.steps.unwrap_or(run.options.steps);
+    run.options = f.guidance.options(run.options);
+    let (kind, steps) = (run.options.scheduler, run.options.steps);
     tch::manual_seed(a.seed as i64);
-    let labels = f.guidance.labels(a.n);
-    let (labels, g) = (labels.as_ref(), f.guidance.guidance.unwrap_or(1.0));
     let t0 = std::time::Instant::now();
-    let imgs = match &ae {
-        Some(ae) => latent::sample(&net.unet, ae, &run.schedule, kind, steps, a.n, labels, g)?,
-        None => sample(&net.unet, &run.schedule, kind, steps, a.n, labels, g)?,
-    };
+    let imgs = run.sample_with(a.n, &run.options)?;
     let secs = t0.elapsed().as_secs_f64();
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!(
@@ -481,11 +480,6 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
         secs / a.n as f64
     );
     Ok(())
-}
-
-/// The channels of the images a run works on: the autoencoder's for a latent run.
-fn image_channels(net: &genlab_diffusion::train::Network, ae: Option<&latent::LatentAutoencoder>) -> i64 {
-    ae.map(|ae| ae.latent.image_shape[0]).unwrap_or(net.unet.cfg.in_channels)
 }
 
 fn save_one(image: &Tensor, out: &std::path::Path) -> Result<()> {
@@ -511,19 +505,13 @@ fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     if f.sampler.is_some() || f.invert_mask || f.strength != 1.0 {
         bail!("--sampler, --strength and --invert-mask apply to a Stable Diffusion --model; a --run inpaints with RePaint");
     }
-    let (net, run, ae) = load_run(run_dir, device)?;
-    let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
+    let run = DiffusionRun::open(run_dir, Weights::Ema, device)?;
+    let image = read_image(&e.input, run.image_channels())?;
     let mask = read_mask(&f.mask)?;
     tch::manual_seed(e.seed as i64);
     let repaint = RePaint { jump_length: f.jump_length, resamplings: f.resamplings };
-    let labels = e.guidance.labels(1);
-    let (labels, g) = (labels.as_ref(), e.guidance.guidance.unwrap_or(1.0));
-    let steps = f.steps.unwrap_or(100);
-    let out = match &ae {
-        Some(ae) => latent::inpaint(&net.unet, ae, &run.schedule, &image, &mask, steps, repaint, labels, g)?,
-        None => inpaint(&net.unet, &run.schedule, &image, &mask, steps, repaint, labels, g)?,
-    };
-    save_one(&out, &e.out)
+    let opts = SampleOptions { steps: f.steps.unwrap_or(100), ..e.guidance.options(run.options) };
+    save_one(&run.inpaint(&image, &mask, repaint, &opts)?, &e.out)
 }
 
 fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
@@ -536,15 +524,10 @@ fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
         let out = sd.img2img(&opts, &image, f.strength)?;
         return save_generated(&out.images, &e.out);
     };
-    let kind = f.sampler.as_deref().unwrap_or("ddim").parse::<SchedulerKind>()?;
-    let (net, run, ae) = load_run(run_dir, device)?;
-    let image = read_image(&e.input, image_channels(&net, ae.as_ref()))?;
+    let scheduler = f.sampler.as_deref().unwrap_or("ddim").parse::<SchedulerKind>()?;
+    let run = DiffusionRun::open(run_dir, Weights::Ema, device)?;
+    let image = read_image(&e.input, run.image_channels())?;
     tch::manual_seed(e.seed as i64);
-    let labels = e.guidance.labels(1);
-    let (labels, g) = (labels.as_ref(), e.guidance.guidance.unwrap_or(1.0));
-    let out = match &ae {
-        Some(ae) => latent::img2img(&net.unet, ae, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,
-        None => img2img(&net.unet, &run.schedule, kind, f.steps, &image, f.strength, labels, g)?,
-    };
-    save_one(&out, &e.out)
+    let opts = SampleOptions { scheduler, steps: f.steps, ..e.guidance.options(run.options) };
+    save_one(&run.img2img(&image, f.strength, &opts)?, &e.out)
 }

@@ -14,6 +14,7 @@
 //! - [`latent`]: latent diffusion (Rombach et al., arXiv 2112.10752) on a genlab-vae KL autoencoder:
 //!   run setup (scale estimate, a self-contained copy of the autoencoder) and decoded sampling,
 //!   image-to-image and inpainting.
+mod attention;
 pub mod clip;
 pub mod denoise;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod scheduler;
 pub mod sd;
 pub mod train;
 pub mod unet;
+mod unet_2d_blocks;
 pub mod weights;
 
 pub use error::{DiffusionError, Result};

@@ -3,6 +3,7 @@
 //! [`genlab_core::run::ImageSampler`] for `genlab_eval::evaluate`.
 use crate::error::Result;
 use crate::latent::LatentAutoencoder;
+use crate::sample::RePaint;
 use crate::scheduler::SchedulerKind;
 use crate::train::{DiffusionRunConfig, Network, Weights};
 use genlab_core::run::ImageSampler;
@@ -51,12 +52,53 @@ impl DiffusionRun {
     /// # Shapes
     /// - returns [n, c, h, w], the run's image shape
     pub fn sample_with(&self, n: i64, opts: &SampleOptions) -> Result<Tensor> {
-        let labels = opts.class.map(|c| Tensor::full([n], c, (tch::Kind::Int64, self.net.vs.device())));
+        let labels = self.labels(n, opts);
         let (unet, schedule) = (&self.net.unet, &self.run.schedule);
         let (kind, steps, g) = (opts.scheduler, opts.steps, opts.guidance_scale);
         match &self.ae {
             Some(ae) => crate::latent::sample(unet, ae, schedule, kind, steps, n, labels.as_ref(), g),
             None => crate::sample::sample(unet, schedule, kind, steps, n, labels.as_ref(), g),
+        }
+    }
+}
+
+impl DiffusionRun {
+    /// `opts.class` for `n` samples.
+    fn labels(&self, n: i64, opts: &SampleOptions) -> Option<Tensor> {
+        opts.class.map(|c| Tensor::full([n], c, (tch::Kind::Int64, self.net.vs.device())))
+    }
+
+    /// Channels of the images the run makes: the autoencoder's for a latent run.
+    pub fn image_channels(&self) -> i64 {
+        self.ae.as_ref().map(|ae| ae.latent.image_shape[0]).unwrap_or(self.net.unet.cfg.in_channels)
+    }
+
+    /// SDEdit image-to-image: `image` noised to `strength` of the schedule, then denoised with `opts`
+    /// (in latent space for a latent run).
+    ///
+    /// # Shapes
+    /// - `image`: [n, c, h, w] in [-1, 1] -> [n, c, h, w] in [-1, 1]
+    pub fn img2img(&self, image: &Tensor, strength: f64, opts: &SampleOptions) -> Result<Tensor> {
+        let labels = self.labels(image.size()[0], opts);
+        let (unet, schedule) = (&self.net.unet, &self.run.schedule);
+        let (kind, steps, g) = (opts.scheduler, opts.steps, opts.guidance_scale);
+        match &self.ae {
+            Some(ae) => crate::latent::img2img(unet, ae, schedule, kind, steps, image, strength, labels.as_ref(), g),
+            None => crate::sample::img2img(unet, schedule, kind, steps, image, strength, labels.as_ref(), g),
+        }
+    }
+
+    /// RePaint inpainting of `image` where `mask` is 0 (1 marks known pixels), over `opts.steps` DDPM
+    /// steps (RePaint's scheduler; `opts.scheduler` is not used).
+    ///
+    /// # Shapes
+    /// - `image`: [n, c, h, w] in [-1, 1]; `mask`: [n or 1, 1 or c, h, w] -> [n, c, h, w] in [-1, 1]
+    pub fn inpaint(&self, image: &Tensor, mask: &Tensor, repaint: RePaint, opts: &SampleOptions) -> Result<Tensor> {
+        let labels = self.labels(image.size()[0], opts);
+        let (unet, schedule, steps, g) = (&self.net.unet, &self.run.schedule, opts.steps, opts.guidance_scale);
+        match &self.ae {
+            Some(ae) => crate::latent::inpaint(unet, ae, schedule, image, mask, steps, repaint, labels.as_ref(), g),
+            None => crate::sample::inpaint(unet, schedule, image, mask, steps, repaint, labels.as_ref(), g),
         }
     }
 }

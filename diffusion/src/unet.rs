@@ -19,6 +19,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{DiffusionError, Result};
+use crate::unet_2d_blocks::{unet_blocks, BlockContext};
 use genlab_core::layers::{
     timestep_embedding, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, SpatialSelfAttention, TimestepEmbedding,
     Upsample2D,
@@ -213,36 +214,9 @@ impl UNet2DConfig {
     }
 }
 
-/// ResNet blocks, each optionally followed by self-attention (diffusers' down, mid and up blocks).
-#[derive(Debug)]
-struct Layers {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<SpatialSelfAttention>,
-}
-
-impl Layers {
-    /// # Shapes
-    /// - `xs`: [batch, c_in, h, w] -> [batch, c_out, h, w] after ResNet `i` (and its attention)
-    fn layer(&self, i: usize, xs: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let h = self.resnets[i].forward_t(xs, Some(temb), train);
-        match self.attentions.get(i) {
-            Some(a) => a.forward(&h),
-            None => h,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct DownBlock {
-    layers: Layers,
-    downsampler: Option<Downsample2D>,
-}
-
-#[derive(Debug)]
-struct UpBlock {
-    layers: Layers,
-    upsampler: Option<Upsample2D>,
-}
+type Layers = crate::unet_2d_blocks::Layers<SpatialSelfAttention>;
+type DownBlock = crate::unet_2d_blocks::DownBlock<SpatialSelfAttention>;
+type UpBlock = crate::unet_2d_blocks::UpBlock<SpatialSelfAttention>;
 
 /// diffusers' `UNet2DModel`: `conv_in`, `time_proj` + `time_embedding`, an optional `class_embedding`,
 /// `down_blocks`, `mid_block`, `up_blocks` with skip concatenation, `conv_norm_out`, `conv_out`.
@@ -413,39 +387,9 @@ impl UNet2DModel {
             (None, None) => {}
         }
 
-        let mut h = self.conv_in.forward(xs);
-        let mut skips = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
-            for i in 0..block.layers.resnets.len() {
-                h = block.layers.layer(i, &h, &emb, train);
-                skips.push(h.shallow_clone());
-            }
-            if let Some(d) = &block.downsampler {
-                h = d.forward(&h);
-                skips.push(h.shallow_clone());
-            }
-        }
-        for i in 0..self.mid_block.resnets.len() {
-            // resnets.0, then (attentions.0, resnets.1), as diffusers' `UNetMidBlock2D.forward`.
-            h = self.mid_block.resnets[i].forward_t(&h, Some(&emb), train);
-            if let Some(a) = self.mid_block.attentions.get(i) {
-                h = a.forward(&h);
-            }
-        }
-        for block in &self.up_blocks {
-            for i in 0..block.layers.resnets.len() {
-                // The constructor pushes exactly as many skips as the up blocks pop.
-                let skip = skips.pop().ok_or_else(|| DiffusionError::Shape("U-Net skip stack underflow".into()))?;
-                h = block.layers.layer(i, &Tensor::cat(&[&h, &skip], 1), &emb, train);
-            }
-            if let Some(u) = &block.upsampler {
-                let target = skips.last().map(|s| {
-                    let s = s.size();
-                    (s[2], s[3])
-                });
-                h = u.forward_to(&h, target);
-            }
-        }
+        let h = self.conv_in.forward(xs);
+        let ctx = BlockContext { temb: &emb, train, encoder_hidden_states: None, slice: None };
+        let h = unet_blocks(h, &self.down_blocks, Some(&self.mid_block), &self.up_blocks, &ctx, true)?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).silu()))
     }
 

@@ -19,7 +19,9 @@ use serde_json::Value;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::{dims4, Transformer2D};
 use crate::error::{DiffusionError, Result};
+use crate::unet_2d_blocks::{unet_blocks, BlockContext};
 use genlab_core::checkpoint::load_named_into;
 use genlab_core::layers::{
     timestep_embedding, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, TimestepEmbedding, Upsample2D,
@@ -427,267 +429,23 @@ impl UNet2DConditionConfig {
     }
 }
 
-/// `proj_in` / `proj_out` of a transformer: 1x1 conv (SD 1.x) or linear (SD 2.x).
-#[derive(Debug)]
-enum Projection {
-    Conv(nn::Conv2D),
-    Linear(nn::Linear),
-}
-
-impl Projection {
-    fn new(vs: nn::Path<'_>, c_in: i64, c_out: i64, linear: bool) -> Self {
-        if linear {
-            Projection::Linear(nn::linear(vs, c_in, c_out, Default::default()))
-        } else {
-            Projection::Conv(nn::conv2d(vs, c_in, c_out, 1, Default::default()))
-        }
-    }
-}
-
-/// diffusers' `Attention` (`to_q`, `to_k`, `to_v` without bias, `to_out.0`): multi-head attention of
-/// `xs` over itself or over a context.
-#[derive(Debug)]
-struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+/// A cross-attention transformer of level `lv` with `channels` channels.
+fn transformer(
+    vs: nn::Path<'_>,
+    cfg: &UNet2DConditionConfig,
+    lv: &PerLevel,
+    channels: i64,
     heads: i64,
-    head_dim: i64,
-    upcast: bool,
+    layers: i64,
+) -> Transformer2D {
+    let (groups, cross, linear, upcast) =
+        (lv.groups, lv.cross_attention_dim, cfg.use_linear_projection, cfg.upcast_attention);
+    Transformer2D::new(vs, channels, heads, layers, groups, cross, linear, upcast)
 }
 
-impl Attention {
-    fn new(vs: nn::Path<'_>, query_dim: i64, context_dim: i64, heads: i64, head_dim: i64, upcast: bool) -> Self {
-        let inner = heads * head_dim;
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
-        Attention {
-            to_q: nn::linear(&vs / "to_q", query_dim, inner, no_bias),
-            to_k: nn::linear(&vs / "to_k", context_dim, inner, no_bias),
-            to_v: nn::linear(&vs / "to_v", context_dim, inner, no_bias),
-            to_out: nn::linear(&vs / "to_out" / 0, inner, query_dim, Default::default()),
-            heads,
-            head_dim,
-            upcast,
-        }
-    }
-
-    /// # Shapes
-    /// - `xs`: [batch, tokens, query_dim]
-    /// - `context`: [batch, context_tokens, context_dim]; `None` for self-attention
-    /// - returns [batch, tokens, query_dim]
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, slice: Option<i64>) -> Tensor {
-        let context = context.unwrap_or(xs);
-        let (b, n) = (xs.size()[0], xs.size()[1]);
-        let split = |t: Tensor| t.view([b, -1, self.heads, self.head_dim]).transpose(1, 2);
-        let q = split(self.to_q.forward(xs));
-        let k = split(self.to_k.forward(context));
-        let v = split(self.to_v.forward(context));
-        let out = match slice {
-            None => sdpa(&q, &k, &v),
-            Some(s) => self.sliced(&q, &k, &v, s),
-        };
-        let out = out.transpose(1, 2).reshape([b, n, self.heads * self.head_dim]);
-        self.to_out.forward(&out)
-    }
-
-    /// diffusers' `SlicedAttnProcessor`: attention over `slice` rows of the batch x heads dimension at a time,
-    /// so that only `slice` score matrices exist at once; scores and softmax in f32 for `upcast_attention`
-    /// at half precision, as its `get_attention_scores`.
-    ///
-    /// # Shapes
-    /// - `q`: [batch, heads, tokens, head_dim]; `k`, `v`: [batch, heads, context_tokens, head_dim]
-    /// - returns [batch, heads, tokens, head_dim]
-    fn sliced(&self, q: &Tensor, k: &Tensor, v: &Tensor, slice: i64) -> Tensor {
-        let size = q.size();
-        let rows = size[0] * size[1];
-        let flat = |t: &Tensor| t.reshape([rows, t.size()[2], self.head_dim]);
-        let (q, k, v) = (flat(q), flat(k), flat(v));
-        let kind = q.kind();
-        let upcast = self.upcast && matches!(kind, Kind::Half | Kind::BFloat16);
-        let chunks: Vec<Tensor> = (0..rows)
-            .step_by(slice as usize)
-            .map(|start| {
-                let len = slice.min(rows - start);
-                let part = |t: &Tensor| {
-                    let t = t.narrow(0, start, len);
-                    if upcast {
-                        t.to_kind(Kind::Float)
-                    } else {
-                        t
-                    }
-                };
-                sdpa(&part(&q), &part(&k), &part(&v)).to_kind(kind)
-            })
-            .collect();
-        Tensor::cat(&chunks, 0).view(size.as_slice())
-    }
-}
-
-/// `F.scaled_dot_product_attention` (flash or memory-efficient kernels on CUDA), scale `1/sqrt(head_dim)`.
-/// As diffusers' `AttnProcessor2_0`, `upcast_attention` does not apply here: the fused kernels
-/// accumulate in f32 already.
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false)
-}
-
-/// diffusers' `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `x * gelu(gate)`, `net.2`.
-#[derive(Debug)]
-struct FeedForward {
-    proj: nn::Linear,
-    out: nn::Linear,
-}
-
-impl FeedForward {
-    fn new(vs: nn::Path<'_>, dim: i64) -> Self {
-        let inner = 4 * dim;
-        FeedForward {
-            proj: nn::linear(&vs / "net" / 0 / "proj", dim, 2 * inner, Default::default()),
-            out: nn::linear(&vs / "net" / 2, inner, dim, Default::default()),
-        }
-    }
-}
-
-impl Module for FeedForward {
-    /// # Shapes
-    /// - `xs`: [batch, tokens, dim] -> [batch, tokens, dim]
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let h = self.proj.forward(xs).chunk(2, -1);
-        self.out.forward(&(&h[0] * h[1].gelu("none")))
-    }
-}
-
-/// diffusers' `BasicTransformerBlock` (`norm_type="layer_norm"`): self-attention, cross-attention to the
-/// text, GEGLU feed-forward, each pre-normed and residual.
-#[derive(Debug)]
-struct BasicTransformerBlock {
-    norm1: nn::LayerNorm,
-    attn1: Attention,
-    norm2: nn::LayerNorm,
-    attn2: Attention,
-    norm3: nn::LayerNorm,
-    ff: FeedForward,
-}
-
-impl BasicTransformerBlock {
-    fn new(vs: nn::Path<'_>, dim: i64, heads: i64, head_dim: i64, cross_dim: i64, upcast: bool) -> Self {
-        let ln = || nn::LayerNormConfig { eps: 1e-5, ..Default::default() };
-        BasicTransformerBlock {
-            norm1: nn::layer_norm(&vs / "norm1", vec![dim], ln()),
-            attn1: Attention::new(&vs / "attn1", dim, dim, heads, head_dim, upcast),
-            norm2: nn::layer_norm(&vs / "norm2", vec![dim], ln()),
-            attn2: Attention::new(&vs / "attn2", dim, cross_dim, heads, head_dim, upcast),
-            norm3: nn::layer_norm(&vs / "norm3", vec![dim], ln()),
-            ff: FeedForward::new(&vs / "ff", dim),
-        }
-    }
-
-    /// # Shapes
-    /// - `xs`: [batch, tokens, dim]; `context`: [batch, context_tokens, cross_attention_dim]
-    /// - returns [batch, tokens, dim]
-    fn forward(&self, xs: &Tensor, context: &Tensor, slice: Option<i64>) -> Tensor {
-        let h = self.attn1.forward(&self.norm1.forward(xs), None, slice) + xs;
-        let h = self.attn2.forward(&self.norm2.forward(&h), Some(context), slice) + h;
-        self.ff.forward(&self.norm3.forward(&h)) + h
-    }
-}
-
-/// diffusers' `Transformer2DModel` on continuous input: GroupNorm (eps 1e-6), `proj_in`, transformer blocks
-/// over the `height * width` tokens, `proj_out`, residual.
-#[derive(Debug)]
-struct Transformer2D {
-    norm: nn::GroupNorm,
-    proj_in: Projection,
-    transformer_blocks: Vec<BasicTransformerBlock>,
-    proj_out: Projection,
-}
-
-impl Transformer2D {
-    fn new(
-        vs: nn::Path<'_>,
-        cfg: &UNet2DConditionConfig,
-        lv: &PerLevel,
-        channels: i64,
-        heads: i64,
-        layers: i64,
-    ) -> Self {
-        // diffusers passes `out_channels // num_attention_heads` as the head size.
-        let head_dim = channels / heads;
-        let inner = heads * head_dim;
-        let gn = nn::GroupNormConfig { eps: 1e-6, ..Default::default() };
-        let linear = cfg.use_linear_projection;
-        Transformer2D {
-            norm: nn::group_norm(&vs / "norm", lv.groups, channels, gn),
-            proj_in: Projection::new(&vs / "proj_in", channels, inner, linear),
-            transformer_blocks: (0..layers)
-                .map(|k| {
-                    let p = &vs / "transformer_blocks" / k;
-                    BasicTransformerBlock::new(p, inner, heads, head_dim, lv.cross_attention_dim, cfg.upcast_attention)
-                })
-                .collect(),
-            proj_out: Projection::new(&vs / "proj_out", inner, channels, linear),
-        }
-    }
-
-    /// # Shapes
-    /// - `xs`: [batch, channels, height, width]; `context`: [batch, context_tokens, cross_attention_dim]
-    /// - returns [batch, channels, height, width]
-    fn forward(&self, xs: &Tensor, context: &Tensor, slice: Option<i64>) -> Tensor {
-        let (b, _, h, w) = dims4(xs);
-        let normed = self.norm.forward(xs);
-        let tokens = |t: &Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, t.size()[1]]);
-        let mut x = match &self.proj_in {
-            Projection::Conv(c) => tokens(&c.forward(&normed)),
-            Projection::Linear(l) => l.forward(&tokens(&normed)),
-        };
-        for block in &self.transformer_blocks {
-            x = block.forward(&x, context, slice);
-        }
-        let image = |t: &Tensor| t.reshape([b, h, w, t.size()[2]]).permute([0, 3, 1, 2]).contiguous();
-        let out = match &self.proj_out {
-            Projection::Conv(c) => c.forward(&image(&x)),
-            Projection::Linear(l) => image(&l.forward(&x)),
-        };
-        out + xs
-    }
-}
-
-/// The four sizes of a 4-D tensor (callers have checked the rank).
-fn dims4(xs: &Tensor) -> (i64, i64, i64, i64) {
-    let s = xs.size();
-    (s[0], s[1], s[2], s[3])
-}
-
-/// ResNet blocks, each followed by a transformer in the cross-attention block types.
-#[derive(Debug)]
-struct Layers {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2D>,
-}
-
-impl Layers {
-    /// # Shapes
-    /// - `xs`: [batch, c_in, h, w] -> [batch, c_out, h, w] after ResNet `i` (and its transformer)
-    fn layer(&self, i: usize, xs: &Tensor, temb: &Tensor, context: &Tensor, slice: Option<i64>) -> Tensor {
-        let h = self.resnets[i].forward_t(xs, Some(temb), false);
-        match self.attentions.get(i) {
-            Some(a) => a.forward(&h, context, slice),
-            None => h,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct DownBlock {
-    layers: Layers,
-    downsampler: Option<Downsample2D>,
-}
-
-#[derive(Debug)]
-struct UpBlock {
-    layers: Layers,
-    upsampler: Option<Upsample2D>,
-}
+type Layers = crate::unet_2d_blocks::Layers<Transformer2D>;
+type DownBlock = crate::unet_2d_blocks::DownBlock<Transformer2D>;
+type UpBlock = crate::unet_2d_blocks::UpBlock<Transformer2D>;
 
 /// diffusers' `UNet2DConditionModel`: `conv_in`, `time_embedding`, `down_blocks`, `mid_block`, `up_blocks`
 /// with skip concatenation, `conv_norm_out`, `conv_out`; cross-attention to `encoder_hidden_states` in every
@@ -789,9 +547,7 @@ impl UNet2DConditionModel {
                 .collect();
             let attentions = if cfg.down_block_types[i] == "CrossAttnDownBlock2D" {
                 (0..layers)
-                    .map(|j| {
-                        Transformer2D::new(&p / "attentions" / j, cfg, &lv, out, lv.heads[i], lv.transformer_layers[i])
-                    })
+                    .map(|j| transformer(&p / "attentions" / j, cfg, &lv, out, lv.heads[i], lv.transformer_layers[i]))
                     .collect()
             } else {
                 Vec::new()
@@ -809,7 +565,7 @@ impl UNet2DConditionModel {
                 resnets: (0..2)
                     .map(|j| ResnetBlock2D::new(&p / "resnets" / j, last, cfg.resnet(last, groups, scale)))
                     .collect(),
-                attentions: vec![Transformer2D::new(
+                attentions: vec![transformer(
                     &p / "attentions" / 0,
                     cfg,
                     &lv,
@@ -841,7 +597,7 @@ impl UNet2DConditionModel {
                 (0..layers)
                     .map(|j| {
                         let (heads, tl) = (lv.heads[level], lv.transformer_layers[level]);
-                        Transformer2D::new(&p / "attentions" / j, cfg, &lv, output_channel, heads, tl)
+                        transformer(&p / "attentions" / j, cfg, &lv, output_channel, heads, tl)
                     })
                     .collect()
             } else {
@@ -995,39 +751,10 @@ impl UNet2DConditionModel {
         let forward_upsample_size = height % factor != 0 || width % factor != 0;
 
         let sample = if self.cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
-        let mut h = self.conv_in.forward(&sample);
-        let mut skips = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
-            for i in 0..block.layers.resnets.len() {
-                h = block.layers.layer(i, &h, &emb, context, slice);
-                skips.push(h.shallow_clone());
-            }
-            if let Some(d) = &block.downsampler {
-                h = d.forward(&h);
-                skips.push(h.shallow_clone());
-            }
-        }
-        if let Some(mid) = &self.mid_block {
-            // resnets.0, then (attentions.0, resnets.1), as `UNetMidBlock2DCrossAttn.forward`.
-            h = mid.resnets[0].forward_t(&h, Some(&emb), false);
-            for (a, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
-                h = r.forward_t(&a.forward(&h, context, slice), Some(&emb), false);
-            }
-        }
-        for block in &self.up_blocks {
-            for i in 0..block.layers.resnets.len() {
-                // The constructor pushes exactly as many skips as the up blocks pop.
-                let skip = skips.pop().ok_or_else(|| DiffusionError::Shape("U-Net skip stack underflow".into()))?;
-                h = block.layers.layer(i, &Tensor::cat(&[&h, &skip], 1), &emb, context, slice);
-            }
-            if let Some(u) = &block.upsampler {
-                let size = skips.last().filter(|_| forward_upsample_size).map(|s| {
-                    let (_, _, sh, sw) = dims4(s);
-                    (sh, sw)
-                });
-                h = u.forward_to(&h, size);
-            }
-        }
+        let h = self.conv_in.forward(&sample);
+        let ctx = BlockContext { temb: &emb, train: false, encoder_hidden_states: Some(context), slice };
+        let h =
+            unet_blocks(h, &self.down_blocks, self.mid_block.as_ref(), &self.up_blocks, &ctx, forward_upsample_size)?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).silu()))
     }
 
