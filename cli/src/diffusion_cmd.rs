@@ -3,6 +3,7 @@ use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::ema::EmaWarmup;
+use genlab_core::run::apply_overrides;
 use genlab_core::run::Start;
 use genlab_core::DeviceSpec;
 use genlab_diffusion::latent::{self, LatentOptions};
@@ -390,7 +391,7 @@ fn train(f: TrainFlags) -> Result<()> {
                 .unwrap_or(base.prediction_type),
             ..base
         };
-        let mut run = match &f.latent_autoencoder {
+        let run = match &f.latent_autoencoder {
             None => DiffusionRunConfig::from_preset(
                 &a.model,
                 [c as i64, h as i64, w as i64],
@@ -403,9 +404,7 @@ fn train(f: TrainFlags) -> Result<()> {
                 latent_run_config(&a.model, ae, ds, num_classes, schedule, &a.data, &opts, device)?
             }
         };
-        run.lr = a.lr.unwrap_or(run.lr);
-        run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-        run.precision = a.precision;
+        let mut run = apply_overrides(run, &a.overrides())?;
         if f.cond {
             run.p_uncond = f.p_uncond;
         }

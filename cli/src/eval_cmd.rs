@@ -5,6 +5,7 @@ use crate::data_cmd::{DataOptions, DATASET_HELP};
 use crate::TrainArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use genlab_core::run::apply_overrides;
 use genlab_core::run::{ImageSampler, RunId, RunKind};
 use genlab_core::DeviceSpec;
 use genlab_data::Dataset;
@@ -113,10 +114,8 @@ fn train_classifier(a: ClassifierArgs) -> Result<()> {
         |ds| {
             let [ch, h, w] = ds.shape();
             let shape = [ch as i64, h as i64, w as i64];
-            let mut run = ClassifierRunConfig::from_preset(&c.model, shape, ds.num_classes(), &c.data, c.steps)?;
-            run.lr = c.lr.unwrap_or(run.lr);
-            run.batch_size = c.batch_size.unwrap_or(run.batch_size);
-            run.precision = c.precision;
+            let run = ClassifierRunConfig::from_preset(&c.model, shape, ds.num_classes(), &c.data, c.steps)?;
+            let run = apply_overrides(run, &c.overrides())?;
             Ok(run)
         },
         |run, _, device| Ok(ClassifierTask::new(run, device)?),

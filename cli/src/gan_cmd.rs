@@ -2,6 +2,7 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use genlab_core::run::apply_overrides;
 use genlab_gan::cyclegan::train as cyclegan;
 use genlab_gan::cyclegan::train::{CycleGanRunConfig, CycleGanTask, CycleSource};
 use genlab_gan::cyclegan::translate::Direction;
@@ -291,15 +292,9 @@ fn train(args: GanTrainArgs) -> Result<()> {
         device,
         |ds| {
             let [c, h, w] = ds.shape();
-            let mut run =
-                GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-            if let Some(lr) = a.lr {
-                run.lr_g = lr;
-                run.lr_d = lr;
-            }
+            let run = GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
+            let mut run = apply_overrides(run, &a.overrides())?;
             run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-            run.precision = a.precision;
             run.validate()?;
             Ok(run)
         },
@@ -315,15 +310,10 @@ fn train_sr(args: GanTrainArgs) -> Result<()> {
         device,
         |ds| {
             let [c, h, w] = ds.shape();
-            let mut run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
-            if let Some(lr) = a.lr {
-                run.lr_g = lr;
-                run.lr_d = lr;
-            }
+            let run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
+            let mut run = apply_overrides(run, &a.overrides())?;
             run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
             run.pretrain_steps = args.pretrain_steps.unwrap_or(run.pretrain_steps);
-            run.precision = a.precision;
             run.validate()?;
             Ok(run)
         },
@@ -347,14 +337,9 @@ fn train_stylegan2(args: GanTrainArgs) -> Result<()> {
         device,
         |ds| {
             let [c, h, w] = ds.shape();
-            let mut run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-            if let Some(lr) = a.lr {
-                run.lr_g = lr;
-                run.lr_d = lr;
-            }
+            let run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+            let mut run = apply_overrides(run, &a.overrides())?;
             run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-            run.precision = a.precision;
             run.validate()?;
             Ok(run)
         },
@@ -380,9 +365,8 @@ fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
             };
             let ds_b = a.data_options.open(data_b, a.seed)?;
             let shape = genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &a.data, ds_b.as_ref(), data_b)?;
-            let mut run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
-            run.lr = a.lr.unwrap_or(run.lr);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
+            let run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
+            let run = apply_overrides(run, &a.overrides())?;
             run.validate()?;
             Ok(run)
         },

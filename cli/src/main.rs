@@ -197,6 +197,11 @@ impl TrainArgs {
         Ok(())
     }
 
+    /// `--lr`, `--batch-size` and `--precision`.
+    pub fn overrides(&self) -> genlab_core::run::Overrides {
+        genlab_core::run::Overrides { lr: self.lr, batch_size: self.batch_size, precision: Some(self.precision) }
+    }
+
     pub fn harness(&self) -> genlab_core::train::HarnessConfig {
         genlab_core::train::HarnessConfig {
             steps: self.steps,

@@ -2,6 +2,7 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use genlab_core::run::apply_overrides;
 use genlab_vae::train::{VaeRunConfig, VaeTask};
 use std::io::Write;
 use std::path::PathBuf;
@@ -143,11 +144,8 @@ fn train(a: TrainArgs) -> Result<()> {
         device,
         |ds| {
             let [c, h, w] = ds.shape();
-            let mut run =
-                VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-            run.lr = a.lr.unwrap_or(run.lr);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-            run.precision = a.precision;
+            let run = VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
+            let run = apply_overrides(run, &a.overrides())?;
             Ok(run)
         },
         |run, _, device| Ok(VaeTask::new(run, device)?),
@@ -162,10 +160,8 @@ fn train_kl(a: TrainArgs) -> Result<()> {
         device,
         |ds| {
             let [c, h, w] = ds.shape();
-            let mut run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-            run.lr = a.lr.unwrap_or(run.lr);
-            run.batch_size = a.batch_size.unwrap_or(run.batch_size);
-            run.precision = a.precision;
+            let run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
+            let run = apply_overrides(run, &a.overrides())?;
             Ok(run)
         },
         |run, _, device| Ok(KlAutoencoderTask::new(run, device)?),

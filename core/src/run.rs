@@ -126,6 +126,60 @@ pub fn open_checkpoint<R: RunKind>(path: &Path) -> Result<(crate::checkpoint::Ch
     Ok((ck, run))
 }
 
+/// The training settings every family takes on top of its preset: the CLI's `--lr`,
+/// `--batch-size` and `--precision`, or the same keys in a TOML file (`lr = 1e-3`,
+/// `batch-size = 64`, `precision = "bf16"`). `None` keeps the preset's value.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Overrides {
+    /// The learning rate (both networks' for a GAN).
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub precision: Option<crate::Precision>,
+}
+
+impl Overrides {
+    /// Overrides from TOML text (`file` names it in errors); an unknown key is an error.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| CoreError::file(file, format!("not a training settings file: {e}")))
+    }
+}
+
+/// `run` with `overrides` applied. Works on any run configuration through its serialised form: `lr`
+/// sets the field `lr`, or `lr_g` and `lr_d` of a GAN; a kind that records no precision trains in
+/// fp32 only, and another precision is an error, as is a learning rate or batch size of 0.
+pub fn apply_overrides<R: RunKind>(run: R, overrides: &Overrides) -> Result<R> {
+    let bad = |m: String| CoreError::Config(format!("{} run: {m}", R::id()));
+    let mut v = serde_json::to_value(&run).map_err(|e| bad(e.to_string()))?;
+    let obj = v.as_object_mut().ok_or_else(|| bad("the configuration is not a JSON object".into()))?;
+    if let Some(lr) = overrides.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(bad(format!("the learning rate must be positive, got {lr}")));
+        }
+        let keys: Vec<&str> = ["lr", "lr_g", "lr_d"].into_iter().filter(|k| obj.contains_key(*k)).collect();
+        if keys.is_empty() {
+            return Err(bad("it has no learning rate to set".into()));
+        }
+        for k in keys {
+            obj.insert(k.into(), lr.into());
+        }
+    }
+    if let Some(b) = overrides.batch_size {
+        if b == 0 {
+            return Err(bad("the batch size must be at least 1".into()));
+        }
+        obj.insert("batch_size".into(), b.into());
+    }
+    if let Some(p) = overrides.precision {
+        if obj.contains_key("precision") {
+            obj.insert("precision".into(), serde_json::to_value(p).map_err(|e| bad(e.to_string()))?);
+        } else if p != crate::Precision::Fp32 {
+            return Err(bad(format!("it trains in fp32 only, not {p:?}")));
+        }
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+}
+
 /// A trained run that draws new images. Every family's loaded run implements it (the `load`
 /// module of genlab-vae, genlab-gan and genlab-diffusion), and `genlab_eval::evaluate` samples
 /// through it, so evaluation works on a run of any family.
@@ -225,6 +279,33 @@ mod tests {
         fn batch_size(&self) -> usize {
             1
         }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Gan {
+        family: String,
+        data: String,
+        lr_g: f64,
+        lr_d: f64,
+        batch_size: usize,
+    }
+    crate::run_kind!(Gan, "toy-gan");
+
+    #[test]
+    fn overrides_set_the_fields_every_kind_has() {
+        let gan = Gan { family: "toy-gan".into(), data: "d".into(), lr_g: 1.0, lr_d: 2.0, batch_size: 8 };
+        let o = Overrides::from_toml("lr = 0.5\nbatch-size = 4", Path::new("t.toml")).unwrap();
+        let g = apply_overrides(gan, &o).unwrap();
+        assert_eq!((g.lr_g, g.lr_d, g.batch_size), (0.5, 0.5, 4));
+        // No precision field: fp32 only.
+        let bf16 = Overrides { precision: Some(crate::Precision::Bf16), ..Default::default() };
+        let e = apply_overrides(g, &bf16).err().unwrap().to_string();
+        assert!(e.contains("toy-gan run") && e.contains("fp32 only"), "{e}");
+        let plain = Plain { family: "toy".into(), data: "d".into() };
+        let e = apply_overrides(plain, &Overrides { lr: Some(1e-3), ..Default::default() }).err().unwrap();
+        assert!(e.to_string().contains("no learning rate"), "{e}");
+        let e = Overrides::from_toml("steps = 5", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("steps"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every family trained, sampled and evaluated through library calls alone, as a program that
 //! depends on the crates (not on the CLI) does it: `genlab_core::run::fit` trains (and resumes),
 //! the family's `load` module gives an `ImageSampler`, `genlab_eval::evaluate` scores it.
-use genlab_core::run::{fit, read_config, FitOptions, ImageSampler, RunKind, Start};
+use genlab_core::run::{apply_overrides, fit, read_config, FitOptions, ImageSampler, Overrides, RunKind, Start};
 use genlab_core::train::{HarnessConfig, Status, TrainTask};
 use genlab_core::CoreError;
 use genlab_eval::evaluate::{evaluate, sample_images, EvalOptions};
@@ -59,7 +59,11 @@ fn every_family_trains_samples_and_evaluates_through_the_libraries() {
 
     // One run of each family and kind that draws images.
     let vae = tmp.path().join("vae");
+    // A preset with the settings a user changes, from TOML as `genlab --config` files hold them.
     let cfg = genlab_vae::train::VaeRunConfig::from_preset("mlp", shape, None, DATA).unwrap();
+    let overrides = Overrides::from_toml("batch-size = 64\nlr = 2e-3", Path::new("vae.toml")).unwrap();
+    let cfg = apply_overrides(cfg, &overrides).unwrap();
+    assert_eq!((cfg.batch_size, cfg.lr), (64, 2e-3));
     train(&vae, 200, false, cfg, genlab_vae::train::VaeTask::new);
     let kl = tmp.path().join("kl");
     let cfg = genlab_vae::train_kl::KlRunConfig::from_preset("kl-f2", shape, DATA).unwrap();
