@@ -20,7 +20,7 @@
 //!   generated latents cover all the unknown pixels. After decoding, the known pixels are replaced by
 //!   the input's, so they are exact, as in pixel-space inpainting.
 //!
-//! A latent run is self-contained: [`install_autoencoder`] copies the autoencoder's configuration and
+//! A latent run is self-contained: [`crate::train::install_autoencoder`] copies the autoencoder's configuration and
 //! weights into `RUN/autoencoder/` (itself a run directory that `genlab_vae::train_kl::load` reads) when the
 //! run starts, and training, resuming and sampling read that copy. `config.json` records where the
 //! autoencoder came from ([`LatentConfig::autoencoder_source`]) for reference only.
