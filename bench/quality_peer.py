@@ -16,12 +16,18 @@ Images come from the IDX files genlab reads for `fashion-mnist` (or an HDF5 file
 `genlab data convert`), batches drawn by an epoch-wise shuffle. Samples are written to an HDF5 file with a
 uint8 `images` dataset (N x 1 x 28 x 28), which `genlab eval --samples` reads, and the timings to a JSON file.
 
+With `--state FILE` (diffusion), the run can be stopped and started again: training saves the model,
+optimiser, EMA, random state and step to FILE every `--save-every` steps and continues from there, and
+sampling keeps each finished chunk beside it (FILE.samples-K.pt), so a restart gives the same numbers
+as an uninterrupted run. `train_s` and `sample_s` then add up the time of every part.
+
     python bench/quality_peer.py --family diffusion --data train-images-idx3-ubyte.gz --steps 1200 \
         --batch-size 64 --n 2000 --threads 2 --seed 0 --out peer.h5 --json peer.json
 """
 import argparse
 import gzip
 import json
+import os
 import time
 
 import h5py
@@ -45,14 +51,27 @@ def read_images(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 1, h, w)
 
 
-def batches(images, batch_size, seed):
-    """Endless batches in [0, 1], each epoch a fresh permutation."""
+def batches(images, batch_size, seed, start=0):
+    """Endless batches in [0, 1], each epoch a fresh permutation; `start` skips that many batches
+    (the same stream an uninterrupted run draws)."""
     g = np.random.default_rng(seed)
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    per_epoch = len(x) // batch_size
+    epochs, skip = divmod(start, per_epoch)
+    for _ in range(epochs):
+        g.permutation(len(x))
     while True:
         perm = g.permutation(len(x))
-        for i in range(0, len(perm) - batch_size + 1, batch_size):
+        for i in range(skip * batch_size, len(perm) - batch_size + 1, batch_size):
             yield x[perm[i:i + batch_size]]
+        skip = 0
+
+
+def save_atomic(obj, path):
+    """torch.save through a temporary file, so a stop mid-write leaves the previous file whole."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def train_diffusion(images, a):
@@ -67,9 +86,23 @@ def train_diffusion(images, a):
     opt = torch.optim.Adam(diffusion.parameters(), lr=1e-4, betas=(0.9, 0.99))
     ema = EMA(diffusion, beta=0.995, update_every=10)
     params = sum(p.numel() for p in model.parameters())
-    data = batches(images, a.batch_size, a.seed)
+    first, before_s = 0, 0.0
+    if a.state and os.path.exists(a.state):
+        st = torch.load(a.state, weights_only=False)
+        diffusion.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        ema.load_state_dict(st["ema"])
+        torch.set_rng_state(st["rng"])
+        first, before_s = st["step"], st["train_s"]
+        print(f"resuming at step {first} of {a.steps}", flush=True)
+
+    def state(step, train_s):
+        return {"model": diffusion.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
+                "rng": torch.get_rng_state(), "step": step, "train_s": train_s}
+
+    data = batches(images, a.batch_size, a.seed, start=first)
     t0 = time.perf_counter()
-    for step in range(a.steps):
+    for step in range(first, a.steps):
         loss = diffusion(next(data))
         loss.backward()
         nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
@@ -78,7 +111,11 @@ def train_diffusion(images, a):
         ema.update()
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
-    train_s = time.perf_counter() - t0
+        if a.state and (step + 1) % a.save_every == 0 and step + 1 < a.steps:
+            save_atomic(state(step + 1, before_s + time.perf_counter() - t0), a.state)
+    train_s = before_s + time.perf_counter() - t0
+    if a.state and first < a.steps:
+        save_atomic(state(a.steps, train_s), a.state)
     ema.ema_model.eval()
 
     def sample(n):
@@ -203,18 +240,30 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--state", help="resume file (diffusion): training state and finished sample chunks")
+    p.add_argument("--save-every", type=int, default=200)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     images = read_images(a.data)
     train = {"diffusion": train_diffusion, "vae": train_vae, "gan": train_gan}[a.family]
     sample, train_s, params, what = train(images, a)
-    t0 = time.perf_counter()
-    out = []
-    for i in range(0, a.n, a.sample_batch):
-        x = sample(min(a.sample_batch, a.n - i))
-        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
-    sample_s = time.perf_counter() - t0
+    out, sample_s = [], 0.0
+    for k, i in enumerate(range(0, a.n, a.sample_batch)):
+        chunk = f"{a.state}.samples-{k}.pt" if a.state and a.family == "diffusion" else None
+        if chunk and os.path.exists(chunk):
+            done = torch.load(chunk, weights_only=False)
+            torch.set_rng_state(done["rng"])
+            out.append(done["images"].numpy())
+            sample_s += done["s"]
+            continue
+        t0 = time.perf_counter()
+        x = (sample(min(a.sample_batch, a.n - i)).clamp(0, 1) * 255).round().to(torch.uint8)
+        s = time.perf_counter() - t0
+        sample_s += s
+        out.append(x.numpy())
+        if chunk:
+            save_atomic({"images": x, "rng": torch.get_rng_state(), "s": s}, chunk)
     with h5py.File(a.out, "w") as f:
         f.create_dataset("images", data=np.concatenate(out))
     report = {

@@ -1,7 +1,7 @@
 //! `cargo xtask bench ...`: genlab beside PyTorch from Python on the same work and machine.
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -595,13 +595,22 @@ struct QualityArgs {
     n: u64,
     threads: usize,
     seed: u64,
+    /// Start again instead of reusing the stages an earlier invocation finished.
+    fresh: bool,
 }
 
 impl QualityArgs {
     fn parse(args: &[String]) -> Result<Self> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let mut q =
-            QualityArgs { family: "diffusion".into(), steps: 1200, batch_size: 64, n: 2000, threads: cores, seed: 0 };
+        let mut q = QualityArgs {
+            family: "diffusion".into(),
+            steps: 1200,
+            batch_size: 64,
+            n: 2000,
+            threads: cores,
+            seed: 0,
+            fresh: false,
+        };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = || it.next().with_context(|| format!("bench quality: {a} needs a value"));
@@ -612,10 +621,12 @@ impl QualityArgs {
                 "--n" => q.n = value()?.parse().context("--n takes a whole number")?,
                 "--threads" => q.threads = value()?.parse().context("--threads takes a whole number")?,
                 "--seed" => q.seed = value()?.parse().context("--seed takes a whole number")?,
+                "--fresh" => q.fresh = true,
                 f @ ("diffusion" | "gan" | "vae") => q.family = f.to_string(),
                 other => bail!(
                     "bench quality: unknown argument {other}; usage: cargo xtask bench quality \
-                     [diffusion|gan|vae] [--family F] [--steps N] [--batch-size B] [--n N] [--threads T] [--seed S]"
+                     [diffusion|gan|vae] [--family F] [--steps N] [--batch-size B] [--n N] [--threads T] [--seed S] \
+                     [--fresh]"
                 ),
             }
         }
@@ -627,6 +638,60 @@ impl QualityArgs {
         }
         Ok(q)
     }
+
+    /// `-STEPSxBATCH` for budgets other than the issue's 1,200 x 64 (names of folders and files).
+    fn tag(&self) -> String {
+        if (self.steps, self.batch_size) == (1200, 64) {
+            String::new()
+        } else {
+            format!("-{}x{}", self.steps, self.batch_size)
+        }
+    }
+
+    /// What must match for an earlier invocation's stages to be reused.
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "family": self.family, "steps": self.steps, "batch_size": self.batch_size, "n": self.n,
+            "seed": self.seed, "threads": self.threads, "torch": crate::setup::TORCH_VERSION,
+        })
+    }
+}
+
+/// The finished stages of a `bench quality` folder and their wall times (seconds, summed over the
+/// invocations that worked on them), kept in `stages.json` so that a stopped run continues.
+struct Stages {
+    path: PathBuf,
+    times: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Stages {
+    fn open(path: PathBuf) -> Result<Self> {
+        let times = match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", path.display()))?,
+            Err(_) => serde_json::Map::new(),
+        };
+        Ok(Stages { path, times })
+    }
+
+    fn get(&self, key: &str) -> Option<f64> {
+        self.times.get(key).and_then(|v| v.as_f64())
+    }
+
+    fn add(&mut self, key: &str, seconds: f64) -> Result<()> {
+        let total = self.get(key).unwrap_or(0.0) + seconds;
+        self.times.insert(key.to_string(), total.into());
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&self.times)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// A training run's `status.json`: finished at `steps` or beyond?
+fn run_finished(run: &Path, steps: u64) -> bool {
+    let status = std::fs::read_to_string(run.join("status.json")).ok();
+    let v: Option<serde_json::Value> = status.and_then(|t| serde_json::from_str(&t).ok());
+    v.is_some_and(|v| v["status"] == "finished" && v["step"].as_u64().is_some_and(|s| s >= steps))
 }
 
 /// One row of bench/quality.md.
@@ -702,8 +767,28 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
     let py = crate::setup::python_packages(&root, &pkgs)?;
     output(crate::cargo(libtorch).args(["build", "--release", "-q", "-p", "genlab"]))?;
     let bin = root.join("target/release/genlab");
-    let out = root.join("target/bench-quality").join(&q.family);
+    let tag = q.tag();
+    let out = root.join("target/bench-quality").join(format!("{}{tag}", q.family));
+    // Stages of an earlier invocation with the same settings are reused (`--fresh` starts again).
+    let settings_path = out.join("settings.json");
+    let same = std::fs::read_to_string(&settings_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v == q.settings());
+    if out.exists() && (q.fresh || !same) {
+        for entry in std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n == "fashion-mnist.h5") {
+                continue;
+            }
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("clearing {}", path.display()))?;
+        }
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(&settings_path, serde_json::to_string_pretty(&q.settings())?)
+        .with_context(|| format!("writing {}", settings_path.display()))?;
+    let mut stages = Stages::open(out.join("stages.json"))?;
     let threads = q.threads.to_string();
     let env = |mut c: Command| {
         c.current_dir(&root)
@@ -744,22 +829,27 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     let mut grids: Vec<(String, String)> = Vec::new();
 
-    // genlab: the family's default run from the CLI.
+    // genlab: the family's default run from the CLI, continued with --resume after a stop.
     let run = out.join("genlab-run");
-    if run.exists() {
-        std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
-    }
     let model = match q.family.as_str() {
         "diffusion" => "unet-small",
         "gan" => "dcgan",
         _ => "conv",
     };
-    let mut train = env(Command::new(&bin));
-    train
-        .args([q.family.as_str(), "train", "--model", model, "--data", "fashion-mnist", "--steps", &steps])
-        .args(["--batch-size", &batch, "--seed", &seed, "--sample-every", "0", "--no-progress", "--out"])
-        .arg(&run);
-    let genlab_train_s = timed(&mut train)?;
+    if !run_finished(&run, q.steps) {
+        let mut train = env(Command::new(&bin));
+        train
+            .args([q.family.as_str(), "train", "--model", model, "--data", "fashion-mnist", "--steps", &steps])
+            .args(["--batch-size", &batch, "--seed", &seed, "--sample-every", "0", "--checkpoint-every", "200"])
+            .args(["--no-progress", "--out"])
+            .arg(&run);
+        if run.join("config.json").is_file() {
+            train.arg("--resume");
+        }
+        let s = timed(&mut train)?;
+        stages.add("genlab train", s)?;
+    }
+    let genlab_train_s = stages.get("genlab train").context("stages.json has no genlab training time")?;
     let samplers: Vec<(String, Vec<&str>)> = if q.family == "diffusion" {
         vec![
             ("genlab DPM-Solver++ 20 (EMA)".into(), vec!["--sampler", "dpmpp-2m", "--steps", "20"]),
@@ -770,15 +860,20 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
     };
     for (i, (side, flags)) in samplers.iter().enumerate() {
         let file = out.join(format!("genlab-{i}.h5"));
-        let mut s = env(Command::new(&bin));
-        s.args([q.family.as_str(), "sample", "--n", &n, "--seed", "1", "--run"])
-            .arg(&run)
-            .args(flags)
-            .arg("--out")
-            .arg(&file);
-        let sample_s = timed(&mut s)?;
+        let key = format!("genlab sample {i}");
+        if stages.get(&key).is_none() || !file.is_file() {
+            let mut s = env(Command::new(&bin));
+            s.args([q.family.as_str(), "sample", "--n", &n, "--seed", "1", "--run"])
+                .arg(&run)
+                .args(flags)
+                .arg("--out")
+                .arg(&file);
+            let t = timed(&mut s)?;
+            stages.add(&key, t)?;
+        }
+        let sample_s = stages.get(&key).context("stages.json has no sampling time")?;
         let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &file, &clf, &out.join(format!("genlab-{i}.json")))?;
-        let png = format!("quality-{}-genlab-{i}.png", q.family);
+        let png = format!("quality-{}{tag}-genlab-{i}.png", q.family);
         quality_grid(&bin, &file, &root.join("bench").join(&png))?;
         grids.push((side.clone(), png));
         rows.push(QualityRow {
@@ -792,23 +887,27 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
         });
     }
 
-    // The peer, in its own process.
+    // The peer, in its own process; with --state it continues a stopped run.
     let (peer_h5, peer_json) = (out.join("peer.h5"), out.join("peer.json"));
-    let mut p = env(Command::new(&py));
-    p.arg(root.join("bench/quality_peer.py"))
-        .args(["--family", &q.family, "--data"])
-        .arg(&data_h5)
-        .args(["--steps", &steps, "--batch-size", &batch, "--n", &n, "--threads", &threads, "--seed", &seed])
-        .arg("--out")
-        .arg(&peer_h5)
-        .arg("--json")
-        .arg(&peer_json);
-    output(&mut p)?;
+    if !peer_json.is_file() {
+        let mut p = env(Command::new(&py));
+        p.arg(root.join("bench/quality_peer.py"))
+            .args(["--family", &q.family, "--data"])
+            .arg(&data_h5)
+            .args(["--steps", &steps, "--batch-size", &batch, "--n", &n, "--threads", &threads, "--seed", &seed])
+            .arg("--state")
+            .arg(out.join("peer-state.pt"))
+            .arg("--out")
+            .arg(&peer_h5)
+            .arg("--json")
+            .arg(&peer_json);
+        output(&mut p)?;
+    }
     let peer: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&peer_json).context("reading peer.json")?)?;
     let num = |k: &str| peer[k].as_f64().with_context(|| format!("peer.json has no `{k}`"));
     let (fd, kid, real_fd, real_kid) = quality_eval(&bin, &peer_h5, &clf, &out.join("peer-eval.json"))?;
-    let png = format!("quality-{}-peer.png", q.family);
+    let png = format!("quality-{}{tag}-peer.png", q.family);
     quality_grid(&bin, &peer_h5, &root.join("bench").join(&png))?;
     grids.push(("peer".to_string(), png));
     rows.push(QualityRow {
@@ -838,8 +937,9 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
          row. FD and KID in the 128-d penultimate features of genlab's Fashion-MNIST classifier \
          (`genlab eval train-classifier`, 3,000 steps, test accuracy {:.4}), against {} random test images; \
          \"real\" is {} random training images against the same reference. KID is x1000 (mean ± std over 100 \
-         subsets). CPU: {}, {} cores; load average {load_before} before, {} after; {:.0} s in all (the machine \
-         may be shared, so other load may be in the times).\n\n",
+         subsets). CPU: {}, {} cores; load average {load_before} before, {} after; {:.0} s in the last \
+         invocation (a stopped run continues where it stopped: training from its checkpoints, each side's \
+         times summed over the parts; the machine may be shared, so other load may be in the times).\n\n",
         q.family,
         q.steps,
         q.batch_size,
@@ -888,8 +988,11 @@ fn quality(libtorch: &Path, args: &[String]) -> Result<()> {
     for (side, png) in &grids {
         md.push_str(&format!("- {side}: ![{side}]({png})\n"));
     }
-    let name =
-        if q.family == "diffusion" { "bench/quality.md".to_string() } else { format!("bench/quality-{}.md", q.family) };
+    let name = if q.family == "diffusion" && tag.is_empty() {
+        "bench/quality.md".to_string()
+    } else {
+        format!("bench/quality-{}{tag}.md", q.family)
+    };
     std::fs::write(root.join(&name), &md).with_context(|| format!("writing {name}"))?;
     print!("{md}");
     eprintln!("wrote {name}; samples and eval JSON under {}", out.display());
