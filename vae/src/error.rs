@@ -11,6 +11,8 @@ pub enum VaeError {
     Data(#[from] genlab_data::DataError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
 pub type Result<T, E = VaeError> = std::result::Result<T, E>;

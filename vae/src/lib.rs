@@ -9,6 +9,7 @@
 //! - [`interpolate`], [`anomaly`], [`embed`], [`impute`], [`likelihood`]: latent tools —
 //!   interpolation grids, anomaly scores and ROC-AUC, latent embeddings and a linear probe,
 //!   imputation of missing pixels, and the IWAE bound on log-likelihood.
+//! - [`tools`]: those tools applied to a trained run and a dataset, as `genlab vae` runs them.
 /// The `family` every VAE-family run records in its `config.json`.
 pub const FAMILY: &str = "vae";
 /// The `kind` a KL autoencoder run records (a plain VAE run records none).
@@ -25,6 +26,7 @@ pub mod load;
 pub mod loss;
 pub mod model;
 pub mod sample;
+pub mod tools;
 pub mod train;
 pub mod train_kl;
 
