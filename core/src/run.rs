@@ -188,6 +188,11 @@ pub trait ImageSampler {
     fn sample(&mut self, n: i64) -> Result<tch::Tensor>;
     /// What is sampled and how, for reports ("diffusion run runs/ddpm: dpmpp-2m, 20 steps, ema weights").
     fn describe(&self) -> String;
+    /// Figures the run computes on real images besides sampling (a VAE's ELBO and IWAE bound on
+    /// `reference`, [n, c, h, w] in [-1, 1]), as JSON and a one-line summary; none by default.
+    fn reference_metrics(&mut self, _reference: &tch::Tensor) -> Result<Option<(serde_json::Value, String)>> {
+        Ok(None)
+    }
 }
 
 /// What [`fit`] needs besides the run: the harness settings (steps, run directory, seed,

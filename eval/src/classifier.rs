@@ -295,6 +295,49 @@ pub struct Accuracy {
     pub per_class: Vec<Option<f64>>,
 }
 
+/// What `genlab eval train-classifier --test` writes to `RUN/eval.json`: the trained classifier's
+/// accuracy on a labelled test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub data: String,
+    pub test: String,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub test_accuracy: f64,
+    pub correct: u64,
+    pub total: u64,
+    pub per_class_accuracy: Vec<Option<f64>>,
+}
+
+/// Score the classifier run at `run` on `test` (read with `read`) and write the report to
+/// `run/eval.json`; it trained `steps` steps in `train_seconds`.
+pub fn write_test_report(
+    run: &std::path::Path,
+    test: &str,
+    read: &genlab_data::OpenOptions,
+    steps: u64,
+    train_seconds: f64,
+    device: Device,
+) -> Result<TestReport> {
+    let clf = load(run, device)?;
+    let (_, cfg) = genlab_core::run::open_checkpoint::<ClassifierRunConfig>(run)?;
+    let ds = genlab_data::open_with(test, read)?;
+    let acc = accuracy(&clf.model, ds.as_ref(), 500)?;
+    let report = TestReport {
+        data: cfg.data.clone(),
+        test: test.to_string(),
+        steps,
+        train_seconds,
+        test_accuracy: acc.accuracy,
+        correct: acc.correct,
+        total: acc.total,
+        per_class_accuracy: acc.per_class,
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| EvalError::Config(e.to_string()))?;
+    genlab_core::checkpoint::write_atomic(&run.join("eval.json"), json.as_bytes())?;
+    Ok(report)
+}
+
 /// Accuracy of `model` on every labelled item of `ds`, in batches of `batch`.
 pub fn accuracy(model: &Classifier, ds: &dyn genlab_data::Dataset, batch: usize) -> Result<Accuracy> {
     let [c, h, w] = ds.shape();

@@ -20,6 +20,7 @@ use genlab_core::run::ImageSampler;
 use genlab_core::seed::Rng;
 use genlab_data::{Dataset, OpenOptions, Selection};
 use std::path::Path;
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// What [`evaluate`] compares the generated images with, and how.
@@ -144,6 +145,145 @@ pub fn evaluate_against(generated: &Tensor, sets: &RealSets, opts: &EvalOptions)
         real: real_what,
         generated: compare(&f_ref, &ref_stats, &f_gen, &cfg)?,
         baseline: compare(&f_ref, &ref_stats, &f_real, &cfg)?,
+    })
+}
+
+/// How long drawing a report's samples took, and with what settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SamplingTime {
+    pub seconds: f64,
+    pub seconds_per_sample: f64,
+    pub device: String,
+    /// The sampler's settings that were given (a diffusion run's `sampler` and `steps`).
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything `genlab eval` reports: where the images came from, the comparison with the reference
+/// set beside its real-vs-reference baseline, the sampling time and the run's own figures. It
+/// serialises to the `--json` file; `Display` gives the table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    /// `run` and `family` for a run, `samples` for a file.
+    pub source: serde_json::Map<String, serde_json::Value>,
+    pub data: String,
+    pub n: usize,
+    pub features: String,
+    pub feature_dim: i64,
+    pub reference: String,
+    pub real: String,
+    pub generated_vs_reference: Comparison,
+    pub real_vs_reference: Comparison,
+    pub sampling: Option<SamplingTime>,
+    /// [`ImageSampler::reference_metrics`] (a VAE run's likelihood bounds).
+    #[serde(rename = "vae_likelihood")]
+    pub run_metrics: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub run_summary: Option<String>,
+    /// Wall time of the whole evaluation, sampling included.
+    pub seconds: f64,
+    /// Wall time of the feature extraction and the comparisons.
+    #[serde(skip)]
+    pub feature_seconds: f64,
+}
+
+impl std::fmt::Display for EvalReport {
+    /// The metrics table, generated beside real-vs-real, then the run's own figures and the sampling time.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (gen, base) = (&self.generated_vs_reference, &self.real_vs_reference);
+        let opt = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "n/a".into());
+        writeln!(f, "{:<22} {:>14} {:>14}", "metric", "generated", "real-vs-real")?;
+        let mut row = |name: &str, a: String, b: String| writeln!(f, "{name:<22} {a:>14} {b:>14}");
+        row("Fréchet distance", opt(gen.frechet_distance, 4), opt(base.frechet_distance, 4))?;
+        let kid = |c: &Comparison| format!("{:.3}±{:.3}", c.kid.mean * 1e3, c.kid.std * 1e3);
+        row("KID x 1000", kid(gen), kid(base))?;
+        let pr = |v: f64| format!("{v:.4}");
+        row("precision", pr(gen.precision_recall.precision), pr(base.precision_recall.precision))?;
+        row("recall", pr(gen.precision_recall.recall), pr(base.precision_recall.recall))?;
+        let is = |c: &Comparison| {
+            c.inception_score.map(|s| format!("{:.3}±{:.3}", s.mean, s.std)).unwrap_or_else(|| "n/a".into())
+        };
+        row("Inception Score", is(gen), is(base))?;
+        if gen.class_coverage.is_some() {
+            let cov = |c: &Comparison| opt(c.class_coverage.as_ref().map(|c| c.coverage), 3);
+            row("class coverage", cov(gen), cov(base))?;
+        }
+        if let Some(s) = &self.run_summary {
+            writeln!(f, "{s}")?;
+        }
+        if let Some(s) = &self.sampling {
+            writeln!(f, "sampling: {:.5} s per sample", s.seconds_per_sample)?;
+        }
+        Ok(())
+    }
+}
+
+/// Draw `n` images from `sampler` (in batches of `opts.batch_size`) and evaluate them as
+/// [`evaluate`] does, with the run's own figures on the reference set: what `genlab eval --run`
+/// reports. `source` names the run; `settings` are the sampler settings to record.
+pub fn evaluate_sampler(
+    sampler: &mut dyn ImageSampler,
+    n: usize,
+    source: serde_json::Map<String, serde_json::Value>,
+    settings: serde_json::Map<String, serde_json::Value>,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let generated = sample_images(sampler, n, opts.batch_size)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let sampling = SamplingTime {
+        seconds,
+        seconds_per_sample: seconds / n as f64,
+        device: format!("{:?}", opts.device),
+        settings,
+    };
+    let sets = real_sets(opts, n)?;
+    let metrics = sampler.reference_metrics(&sets.reference)?;
+    report(&generated, &sets, source, Some(sampling), metrics, opts, t0)
+}
+
+/// Evaluate the first `n` images (all by default) of an HDF5 file of samples (`images`: uint8
+/// 0-255, or float in [0, 1] or [-1, 1]): what `genlab eval --samples` reports.
+pub fn evaluate_file(path: &Path, n: Option<usize>, opts: &EvalOptions) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let ds = genlab_data::H5Dataset::open(path, genlab_data::h5::DEFAULT_IMAGES, None)?;
+    let n = n.unwrap_or(ds.len());
+    if n == 0 || n > ds.len() {
+        return Err(EvalError::file(path, format!("{} images; --n {n} is not between 1 and that", ds.len())));
+    }
+    let generated = images_of(&ds, &(0..n).collect::<Vec<_>>())?;
+    let mut source = serde_json::Map::new();
+    source.insert("samples".into(), path.display().to_string().into());
+    report(&generated, &real_sets(opts, n)?, source, None, None, opts, t0)
+}
+
+fn report(
+    generated: &Tensor,
+    sets: &RealSets,
+    source: serde_json::Map<String, serde_json::Value>,
+    sampling: Option<SamplingTime>,
+    metrics: Option<(serde_json::Value, String)>,
+    opts: &EvalOptions,
+    t0: Instant,
+) -> Result<EvalReport> {
+    let t = Instant::now();
+    let ev = evaluate_against(generated, sets, opts)?;
+    let (run_metrics, run_summary) = metrics.unzip();
+    Ok(EvalReport {
+        source,
+        data: opts.data.clone(),
+        n: ev.n,
+        features: ev.features,
+        feature_dim: ev.feature_dim,
+        reference: ev.reference,
+        real: ev.real,
+        generated_vs_reference: ev.generated,
+        real_vs_reference: ev.baseline,
+        sampling,
+        run_metrics,
+        run_summary,
+        seconds: t0.elapsed().as_secs_f64(),
+        feature_seconds: t.elapsed().as_secs_f64(),
     })
 }
 

@@ -4,7 +4,7 @@
 use genlab_core::run::{apply_overrides, fit, read_config, FitOptions, ImageSampler, Overrides, RunKind, Start};
 use genlab_core::train::{HarnessConfig, Status, TrainTask};
 use genlab_core::CoreError;
-use genlab_eval::evaluate::{evaluate, sample_images, EvalOptions};
+use genlab_eval::evaluate::{evaluate, evaluate_sampler, sample_images, EvalOptions};
 use std::path::Path;
 use tch::Device;
 
@@ -112,6 +112,20 @@ fn every_family_trains_samples_and_evaluates_through_the_libraries() {
     for name in ["vae", "diffusion"] {
         assert!(fd[name] < fd["kl"], "FD per run: {fd:?}");
     }
+
+    // The whole report of `genlab eval --run`: a VAE adds its likelihood bounds on the reference
+    // images, a GAN has none.
+    let opts = EvalOptions { features: format!("classifier:{}", clf.display()), ..EvalOptions::new(DATA) };
+    let mut vae_sampler = genlab_vae::load::open_sampler_with_iwae(&vae, Device::Cpu, 5).unwrap();
+    tch::manual_seed(0);
+    let r = evaluate_sampler(vae_sampler.as_mut(), 200, Default::default(), Default::default(), &opts).unwrap();
+    let m = r.run_metrics.clone().expect("a VAE run reports its likelihood");
+    let (elbo, iwae) = (m["negative_elbo_nats"].as_f64().unwrap(), m["iwae_nll_bound_nats"].as_f64().unwrap());
+    assert!(iwae > 0.0 && iwae < elbo, "IWAE-5 bound {iwae} is not below the negative ELBO {elbo}");
+    assert_eq!((m["iwae_k"].as_u64(), m["images"].as_u64()), (Some(5), Some(200)));
+    assert!(r.to_string().contains("IWAE-5 bound") && r.sampling.is_some(), "{r}");
+    let r = evaluate_sampler(samplers[2].1.as_mut(), 200, Default::default(), Default::default(), &opts).unwrap();
+    assert!(r.run_metrics.is_none() && r.generated_vs_reference.frechet_distance.is_some());
 }
 
 #[test]

@@ -17,12 +17,14 @@ pub struct VaeSampler {
     pub path: PathBuf,
     /// Class of every sample, for a conditional VAE (default: the classes in turn).
     pub class: Option<i64>,
+    /// Importance samples of the IWAE bound in [`ImageSampler::reference_metrics`].
+    pub iwae_k: usize,
 }
 
 impl VaeSampler {
     pub fn open(path: &Path, device: Device) -> Result<Self> {
         let (vs, model, run) = crate::train::load(path, device)?;
-        Ok(VaeSampler { vs, model, run, path: path.to_path_buf(), class: None })
+        Ok(VaeSampler { vs, model, run, path: path.to_path_buf(), class: None, iwae_k: 100 })
     }
 }
 
@@ -36,6 +38,19 @@ impl ImageSampler for VaeSampler {
     }
     fn describe(&self) -> String {
         format!("vae run {} ({}): decoded prior samples", self.path.display(), self.run.model)
+    }
+    /// The negative ELBO and the IWAE bound on up to 1,000 of the reference images (an
+    /// unconditional VAE's; a conditional one has none without labels).
+    fn reference_metrics(&mut self, reference: &Tensor) -> genlab_core::Result<Option<(serde_json::Value, String)>> {
+        if self.model.cfg.num_classes.is_some() {
+            return Ok(None);
+        }
+        let r = crate::tools::LikelihoodReport::of_images(&self.model, reference, self.iwae_k, 1000)?;
+        let summary = format!(
+            "VAE on {} reference images: negative ELBO {:.3} nats, IWAE-{} bound on NLL {:.3} nats",
+            r.images, r.negative_elbo_nats, r.iwae_k, r.iwae_nll_bound_nats
+        );
+        Ok(Some((serde_json::to_value(&r).map_err(|e| crate::VaeError::Config(e.to_string()))?, summary)))
     }
 }
 
@@ -66,10 +81,15 @@ impl ImageSampler for KlSampler {
 
 /// The sampler for the VAE-family run at `path`, plain or KL autoencoder, whichever it is.
 pub fn open_sampler(path: &Path, device: Device) -> Result<Box<dyn ImageSampler>> {
+    open_sampler_with_iwae(path, device, 100)
+}
+
+/// [`open_sampler`], with `iwae_k` importance samples for a VAE's likelihood bound.
+pub fn open_sampler_with_iwae(path: &Path, device: Device, iwae_k: usize) -> Result<Box<dyn ImageSampler>> {
     let (_, config) = genlab_core::run::config_json(path)?;
     if crate::train_kl::is_kl_config(&config) {
         Ok(Box::new(KlSampler::open(path, device)?))
     } else {
-        Ok(Box::new(VaeSampler::open(path, device)?))
+        Ok(Box::new(VaeSampler { iwae_k, ..VaeSampler::open(path, device)? }))
     }
 }
