@@ -11,7 +11,7 @@ mod launch;
 mod report_cmd;
 mod vae_cmd;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use genlab_core::run::{FitOptions, RunKind, Start};
 use genlab_core::train::{BatchSource, TrainTask};
@@ -250,29 +250,7 @@ fn exit_on_broken_pipe() {
 
 fn info(path: &std::path::Path) -> Result<()> {
     exit_on_broken_pipe();
-    let ck = genlab_core::train::open_checkpoint(path)?;
-    println!("checkpoint: {}", ck.dir.display());
-    println!("step: {}", ck.step());
-    println!("config:\n{}", serde_json::to_string_pretty(&ck.config)?);
-    let mut groups: Vec<PathBuf> = std::fs::read_dir(&ck.dir)
-        .with_context(|| format!("reading {}", ck.dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    groups.sort();
-    for g in groups {
-        let tensors = genlab_core::checkpoint::read_safetensors(&g)?;
-        let total: i64 = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
-        let name = g.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        println!("\n{name}: {} tensors, {total} values", tensors.len());
-        let mut tensors = tensors;
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        for (n, t) in tensors {
-            println!("  {n:<50} {:?} {:?}", t.size(), t.kind());
-        }
-    }
-    println!("\ndevices: {}", genlab_core::device::describe());
+    print!("{}", genlab_core::train::describe_checkpoint(path)?);
     Ok(())
 }
 

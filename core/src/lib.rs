@@ -9,6 +9,7 @@
 //! - [`optim`]: Adam/AdamW over one flat parameter buffer.
 //! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
 //! - [`dist`]: multi-process data-parallel training on PyTorch's c10d (Gloo, NCCL).
+//! - [`launch`]: start N ranks of a program on this machine, as `torchrun --standalone` does.
 //! - [`run`]: run configurations as types ([`run::RunKind`], [`run::read_config`]) and [`run::fit`].
 //! - [`train`]: the training harness (progress, metrics, checkpoints, resume, Ctrl-C, NaN stops).
 //! - [`tensorboard`]: TensorBoard event files (scalars and images) the harness writes.
@@ -19,6 +20,7 @@ pub mod dist;
 pub mod ema;
 pub mod error;
 pub mod images;
+pub mod launch;
 pub mod layers;
 pub mod optim;
 pub mod precision;

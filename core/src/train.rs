@@ -218,6 +218,32 @@ pub fn open_checkpoint(path: &Path) -> Result<CheckpointReader> {
     RunDir::new(path).latest()
 }
 
+/// What `genlab info` prints of a run directory (its newest checkpoint) or a checkpoint folder:
+/// the step, the configuration, every tensor of every group with its shape and kind, and the
+/// devices this machine has.
+pub fn describe_checkpoint(path: &Path) -> Result<String> {
+    use std::fmt::Write;
+    let ck = open_checkpoint(path)?;
+    let config = serde_json::to_string_pretty(&ck.config).map_err(|e| CoreError::Other(e.to_string()))?;
+    let mut out = format!("checkpoint: {}\nstep: {}\nconfig:\n{config}\n", ck.dir.display(), ck.step());
+    let entries = std::fs::read_dir(&ck.dir).map_err(|error| CoreError::Io { path: ck.dir.clone(), error })?;
+    let mut groups: Vec<PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    groups.sort();
+    for g in groups {
+        let mut tensors = checkpoint::read_safetensors(&g)?;
+        let total: i64 = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
+        let name = g.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let _ = writeln!(out, "\n{name}: {} tensors, {total} values", tensors.len());
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (n, t) in tensors {
+            let _ = writeln!(out, "  {n:<50} {:?} {:?}", t.size(), t.kind());
+        }
+    }
+    let _ = writeln!(out, "\ndevices: {}", crate::device::describe());
+    Ok(out)
+}
+
 static GLOBAL_STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 static HANDLER: OnceLock<bool> = OnceLock::new();
 
