@@ -3,16 +3,12 @@ use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::ema::EmaWarmup;
-use genlab_core::run::apply_overrides;
-use genlab_core::run::Start;
 use genlab_core::DeviceSpec;
-use genlab_diffusion::latent::{self, LatentOptions};
 use genlab_diffusion::load::{DiffusionRun, SampleOptions};
 use genlab_diffusion::sample::{read_image, read_mask, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
-use genlab_diffusion::train::{install_autoencoder, latent_run_config};
-use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask, Weights};
-use genlab_diffusion::{BetaSchedule, PredictionType, ScheduleConfig, SchedulerKind};
+use genlab_diffusion::train::{DiffusionTrainOptions, Weights};
+use genlab_diffusion::{BetaSchedule, PredictionType, SchedulerKind};
 use std::path::PathBuf;
 use tch::Tensor;
 
@@ -54,11 +50,11 @@ pub struct TrainFlags {
     common: TrainArgs,
     /// What the network predicts: eps, x0 or v [default: v].
     #[arg(long)]
-    prediction: Option<String>,
+    prediction: Option<PredictionType>,
     /// Beta schedule: linear (1e-4..0.02, DDPM), cosine, scaled_linear or sigmoid [default: cosine;
     /// scaled_linear 0.00085..0.012 (Stable Diffusion 2) for a latent run].
     #[arg(long)]
-    schedule: Option<String>,
+    schedule: Option<BetaSchedule>,
     /// Training timesteps.
     #[arg(long, default_value_t = 1000)]
     timesteps: usize,
@@ -77,7 +73,7 @@ pub struct TrainFlags {
     /// How the EMA's decay grows: `power` (diffusers' EMAModel warm-up, 1 - (1 + step)^(-2/3)),
     /// `power:P` (another power), `ratio` ((1 + step) / (10 + step)) or `off`.
     #[arg(long, default_value = "power")]
-    ema_warmup: String,
+    ema_warmup: EmaWarmup,
     /// Linear learning-rate warm-up over this many steps (0: none).
     #[arg(long, default_value_t = 100)]
     lr_warmup: u64,
@@ -132,22 +128,6 @@ pub struct SampleFlags {
     weights: String,
     #[command(flatten)]
     guidance: Guidance,
-}
-
-/// `power`, `power:P`, `ratio` or `off`.
-fn parse_ema_warmup(s: &str) -> Result<EmaWarmup> {
-    let w = match s.split_once(':') {
-        None if s == "power" => EmaWarmup::POWER_2_3,
-        None if s == "ratio" => EmaWarmup::Ratio,
-        None if s == "off" => EmaWarmup::Off,
-        Some(("power", p)) => match p.parse::<f64>() {
-            Ok(power) => EmaWarmup::Power { inv_gamma: 1.0, power },
-            Err(_) => bail!("--ema-warmup power:P needs a number P, got `{p}`"),
-        },
-        _ => bail!("--ema-warmup must be power, power:P, ratio or off, got `{s}`"),
-    };
-    w.validate()?;
-    Ok(w)
 }
 
 /// The run and the single-image input and output of `inpaint` and `img2img`.
@@ -360,97 +340,23 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 
 fn train(f: TrainFlags) -> Result<()> {
     let a = &f.common;
-    let device = a.device.resolve()?;
-    let fresh = |ds: &std::sync::Arc<dyn genlab_data::Dataset>| {
-        let [c, h, w] = ds.shape();
-        let num_classes = match (f.cond, ds.num_classes()) {
-            (false, _) => None,
-            (true, Some(k)) => Some(k),
-            (true, None) => bail!("--cond needs a labelled dataset; `{}` has no labels", a.data),
-        };
-        // Latent runs start from Stable Diffusion 2's schedule: without x0 clipping, an epsilon
-        // model's deterministic samplers (DDIM, DPM-Solver) amplify its errors at the noisiest steps.
-        let base = if f.latent_autoencoder.is_some() {
-            ScheduleConfig::stable_diffusion_v2()
-        } else {
-            ScheduleConfig::v_cosine()
-        };
-        let schedule = ScheduleConfig {
-            num_train_timesteps: f.timesteps,
-            beta_schedule: f
-                .schedule
-                .as_deref()
-                .map(str::parse::<BetaSchedule>)
-                .transpose()?
-                .unwrap_or(base.beta_schedule),
-            prediction_type: f
-                .prediction
-                .as_deref()
-                .map(str::parse::<PredictionType>)
-                .transpose()?
-                .unwrap_or(base.prediction_type),
-            ..base
-        };
-        let run = match &f.latent_autoencoder {
-            None => DiffusionRunConfig::from_preset(
-                &a.model,
-                [c as i64, h as i64, w as i64],
-                num_classes,
-                schedule,
-                &a.data,
-            )?,
-            Some(ae) => {
-                let opts = LatentOptions { scale: f.latent_scale, seed: a.seed, ..LatentOptions::default() };
-                latent_run_config(&a.model, ae, ds, num_classes, schedule, &a.data, &opts, device)?
-            }
-        };
-        let mut run = apply_overrides(run, &a.overrides())?;
-        if f.cond {
-            run.p_uncond = f.p_uncond;
-        }
-        run.min_snr_gamma = f.min_snr_gamma;
-        run.ema_decay = f.ema_decay;
-        run.ema_warmup = parse_ema_warmup(&f.ema_warmup)?;
-        run.lr_warmup_steps = f.lr_warmup;
-        if f.max_grad_norm < 0.0 || !f.max_grad_norm.is_finite() {
-            bail!("--max-grad-norm must be positive (or 0 for no clipping), got {}", f.max_grad_norm);
-        }
-        run.max_grad_norm = (f.max_grad_norm > 0.0).then_some(f.max_grad_norm);
-        run.weight_decay = f.weight_decay;
-        Ok(run)
+    let extra = DiffusionTrainOptions {
+        prediction: f.prediction,
+        beta_schedule: f.schedule,
+        timesteps: f.timesteps,
+        cond: f.cond,
+        p_uncond: f.p_uncond,
+        min_snr_gamma: f.min_snr_gamma,
+        ema_decay: f.ema_decay,
+        ema_warmup: f.ema_warmup,
+        lr_warmup: f.lr_warmup,
+        max_grad_norm: f.max_grad_norm,
+        weight_decay: f.weight_decay,
+        latent_autoencoder: f.latent_autoencoder.clone(),
+        latent_scale: f.latent_scale,
     };
-    let out = a.out.clone();
-    a.fit(device, fresh, |run: DiffusionRunConfig, start, device| {
-        match (&run.latent, start) {
-            (Some(_), Start::Fresh) if !genlab_core::dist::is_leader() => {}
-            (Some(l), Start::Fresh) => {
-                let dir = install_autoencoder(&run, &out)?;
-                let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
-                eprintln!(
-                    "latent diffusion on {:?} latents of {} (copied to {}), scale {:.6} ({how})",
-                    l.latent_shape,
-                    l.autoencoder_source.display(),
-                    dir.display(),
-                    l.scale
-                );
-            }
-            (_, Start::Resume) => {
-                run.check_resume(f.latent_autoencoder.as_deref(), f.latent_scale)?;
-                if f.latent_autoencoder.is_some() {
-                    eprintln!(
-                        "resuming with the run's own copy of the autoencoder ({})",
-                        out.join(latent::AUTOENCODER_DIR).display()
-                    );
-                }
-            }
-            (None, Start::Fresh) => {}
-        }
-        if let (Some(g), Some(_)) = (genlab_core::dist::group(), &run.latent) {
-            // The other ranks load rank 0's copy of the autoencoder.
-            g.barrier()?;
-        }
-        Ok(DiffusionTask::for_run(run, &out, device)?)
-    })
+    let fit = genlab_diffusion::train::fit;
+    crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides(), &extra, &a.fit_options()?)?)
 }
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {

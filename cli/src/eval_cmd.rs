@@ -5,11 +5,9 @@ use crate::data_cmd::{DataOptions, DATASET_HELP};
 use crate::TrainArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use genlab_core::run::apply_overrides;
 use genlab_core::run::{ImageSampler, RunId};
 use genlab_core::DeviceSpec;
 use genlab_diffusion::load::DiffusionRun;
-use genlab_eval::classifier::{ClassifierRunConfig, ClassifierTask};
 use genlab_eval::evaluate::{evaluate_file, evaluate_sampler, EvalOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -107,17 +105,8 @@ fn train_classifier(a: ClassifierArgs) -> Result<()> {
     let c = &a.common;
     let device = c.device.resolve()?;
     let t0 = Instant::now();
-    c.fit(
-        device,
-        |ds| {
-            let [ch, h, w] = ds.shape();
-            let shape = [ch as i64, h as i64, w as i64];
-            let run = ClassifierRunConfig::from_preset(&c.model, shape, ds.num_classes(), &c.data, c.steps)?;
-            let run = apply_overrides(run, &c.overrides())?;
-            Ok(run)
-        },
-        |run, _, device| Ok(ClassifierTask::new(run, device)?),
-    )?;
+    let outcome = genlab_eval::classifier::fit(&c.model, &c.data_spec()?, &c.overrides(), &c.fit_options()?)?;
+    crate::finished(outcome)?;
     let Some(test) = &a.test else { return Ok(()) };
     let read = read_options(&c.data_options);
     let r =

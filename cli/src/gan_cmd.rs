@@ -2,16 +2,10 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use genlab_core::run::apply_overrides;
-use genlab_gan::cyclegan::train as cyclegan;
-use genlab_gan::cyclegan::train::{CycleGanRunConfig, CycleGanTask, CycleSource};
 use genlab_gan::cyclegan::translate::Direction;
-use genlab_gan::sr::train::{self as sr, SrRunConfig, SrTask};
+use genlab_gan::fit::GanTrainOptions;
 use genlab_gan::stylegan2::generator::NoiseMode;
 use genlab_gan::stylegan2::tools::{self as style_tools, StyleLevel};
-use genlab_gan::stylegan2::train as stylegan2;
-use genlab_gan::stylegan2::train::{StyleGan2RunConfig, StyleGan2Task};
-use genlab_gan::train::{GanRunConfig, GanTask};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -252,139 +246,15 @@ pub fn run(cmd: GanCommand) -> Result<()> {
     }
 }
 
-/// Which kind of GAN run `train` continues or starts: on --resume the run's own config.json
-/// decides, else the preset name. `is_config` and `is_preset` are one kind's tests.
-fn is_kind(a: &TrainArgs, is_config: fn(&serde_json::Value) -> bool, is_preset: fn(&str) -> bool) -> Result<bool> {
-    let config_path = a.out.join("config.json");
-    if a.resume && config_path.is_file() {
-        let text =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
-        return Ok(is_config(&value));
-    }
-    Ok(is_preset(&a.model))
-}
-
 fn train(args: GanTrainArgs) -> Result<()> {
-    if is_kind(&args.common, cyclegan::is_cyclegan_config, cyclegan::is_preset)? {
-        return train_cyclegan(args);
-    }
-    if args.data_b.is_some() {
-        bail!("--data-b applies to --model cyclegan, not --model {}", args.common.model);
-    }
-    if is_kind(&args.common, sr::is_sr_config, sr::is_preset)? {
-        return train_sr(args);
-    }
-    if is_kind(&args.common, stylegan2::is_stylegan2_config, stylegan2::is_preset)? {
-        return train_stylegan2(args);
-    }
-    if args.scale.is_some() || args.pretrain_steps.is_some() {
-        bail!(
-            "--scale and --pretrain-steps apply to the super-resolution presets ({}), not --model {}",
-            genlab_gan::sr::train::PRESETS.join(", "),
-            args.common.model
-        );
-    }
     let a = &args.common;
-    let device = a.device.resolve()?;
-    a.fit(
-        device,
-        |ds| {
-            let [c, h, w] = ds.shape();
-            let run = GanRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-            let mut run = apply_overrides(run, &a.overrides())?;
-            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.validate()?;
-            Ok(run)
-        },
-        |run, _, device| Ok(GanTask::new(run, device)?),
-    )
-}
-
-/// `genlab gan train` for the super-resolution presets (`genlab_gan::sr::train`).
-fn train_sr(args: GanTrainArgs) -> Result<()> {
-    let a = &args.common;
-    let device = a.device.resolve()?;
-    a.fit(
-        device,
-        |ds| {
-            let [c, h, w] = ds.shape();
-            let run = SrRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], args.scale, &a.data)?;
-            let mut run = apply_overrides(run, &a.overrides())?;
-            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.pretrain_steps = args.pretrain_steps.unwrap_or(run.pretrain_steps);
-            run.validate()?;
-            Ok(run)
-        },
-        |run, _, device| {
-            if a.resume && args.scale.is_some_and(|s| s != run.sr.scale) {
-                bail!("{}: the run upscales x{}; --scale cannot change when resuming", a.out.display(), run.sr.scale);
-            }
-            Ok(SrTask::new(run, device)?)
-        },
-    )
-}
-
-/// `genlab gan train` for the StyleGAN2 presets (`genlab_gan::stylegan2::train`).
-fn train_stylegan2(args: GanTrainArgs) -> Result<()> {
-    if args.scale.is_some() || args.pretrain_steps.is_some() {
-        bail!("--scale and --pretrain-steps apply to the super-resolution presets, not to StyleGAN2");
-    }
-    let a = &args.common;
-    let device = a.device.resolve()?;
-    a.fit(
-        device,
-        |ds| {
-            let [c, h, w] = ds.shape();
-            let run = StyleGan2RunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-            let mut run = apply_overrides(run, &a.overrides())?;
-            run.lr_d = args.lr_d.unwrap_or(run.lr_d);
-            run.validate()?;
-            Ok(run)
-        },
-        |run, _, device| Ok(StyleGan2Task::new(run, device)?),
-    )
-}
-
-/// `genlab gan train --model cyclegan --data A --data-b B` (`genlab_gan::cyclegan::train`).
-fn train_cyclegan(args: GanTrainArgs) -> Result<()> {
-    if args.scale.is_some() || args.pretrain_steps.is_some() || args.lr_d.is_some() {
-        bail!("--scale, --pretrain-steps and --lr-d do not apply to CycleGAN (one --lr for all four networks)");
-    }
-    let a = &args.common;
-    if a.precision != genlab_core::Precision::Fp32 {
-        bail!("CycleGAN trains in fp32 only");
-    }
-    let device = a.device.resolve()?;
-    a.fit_with(
-        device,
-        |ds_a| {
-            let Some(data_b) = args.data_b.as_deref() else {
-                bail!("--model cyclegan needs domain B: --data-b DATASET (domain A is --data)");
-            };
-            let ds_b = a.data_options.open(data_b, a.seed)?;
-            let shape = genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &a.data, ds_b.as_ref(), data_b)?;
-            let run = CycleGanRunConfig::from_preset(&a.model, shape, a.steps, &a.data, data_b)?;
-            let run = apply_overrides(run, &a.overrides())?;
-            run.validate()?;
-            Ok(run)
-        },
-        |run| {
-            if let Some(b) = args.data_b.as_deref().filter(|b| *b != run.data_b) {
-                bail!(
-                    "{}: the run's domain B is `{}`; --data-b {b} cannot change when resuming",
-                    a.out.display(),
-                    run.data_b
-                );
-            }
-            let ds_a = a.data_options.open(&run.data, a.seed)?;
-            let ds_b = a.data_options.open(&run.data_b, a.seed)?;
-            genlab_gan::cyclegan::train::check_domains(ds_a.as_ref(), &run.data, ds_b.as_ref(), &run.data_b)?;
-            Ok(Box::new(CycleSource::new(ds_a, ds_b, run.batch_size, a.seed, device)?))
-        },
-        |run, _, device| Ok(CycleGanTask::new(run, device)?),
-    )
+    let extra = GanTrainOptions {
+        lr_d: args.lr_d,
+        scale: args.scale,
+        pretrain_steps: args.pretrain_steps,
+        data_b: args.data_b.clone(),
+    };
+    crate::finished(genlab_gan::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &extra, &a.fit_options()?)?)
 }
 
 fn sample(args: GanSampleArgs) -> Result<()> {

@@ -13,8 +13,7 @@ mod vae_cmd;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use genlab_core::run::{FitOptions, RunKind, Start};
-use genlab_core::train::{BatchSource, TrainTask};
+use genlab_core::run::FitOptions;
 use genlab_core::{DeviceSpec, Precision};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,61 +144,24 @@ pub struct TrainArgs {
     pub no_progress: bool,
 }
 
-/// Another crate's error inside a closure that core's [`genlab_core::run::fit`] calls.
-fn task_error(e: anyhow::Error) -> genlab_core::CoreError {
-    genlab_core::CoreError::Task(e.into())
-}
-
 impl TrainArgs {
-    /// Train a run of `R` on batches of its dataset: `fresh` builds a new run's configuration
-    /// for the dataset `--data` names, `build` the task (see [`genlab_core::run::fit`]).
-    pub fn fit<R: RunKind, T: TrainTask>(
-        &self,
-        device: tch::Device,
-        fresh: impl FnOnce(&Arc<dyn genlab_data::Dataset>) -> Result<R>,
-        build: impl FnOnce(R, Start, tch::Device) -> Result<T>,
-    ) -> Result<()> {
-        self.fit_with(
-            device,
-            fresh,
-            |run: &R| {
-                let ds = self.data_options.open(run.data(), self.seed)?;
-                let cfg = genlab_data::LoaderConfig::new(run.batch_size(), self.seed, device);
-                Ok(Box::new(genlab_data::Loader::new(ds, cfg)?))
-            },
-            build,
-        )
-    }
-
-    /// [`TrainArgs::fit`] with a batch source of the caller's (`data`).
-    pub fn fit_with<R: RunKind, T: TrainTask>(
-        &self,
-        device: tch::Device,
-        fresh: impl FnOnce(&Arc<dyn genlab_data::Dataset>) -> Result<R>,
-        data: impl FnOnce(&R) -> Result<Box<dyn BatchSource>>,
-        build: impl FnOnce(R, Start, tch::Device) -> Result<T>,
-    ) -> Result<()> {
-        let opts = FitOptions { harness: self.harness(), device };
-        let out = genlab_core::run::fit(
-            &opts,
-            || fresh(&self.data_options.open(&self.data, self.seed).map_err(task_error)?).map_err(task_error),
-            |run| data(run).map_err(task_error),
-            |run, start, device| build(run, start, device).map_err(task_error),
-        )?;
-        if genlab_core::dist::is_leader() {
-            eprintln!(
-                "{:?} at step {}; checkpoint {}",
-                out.status,
-                out.step,
-                out.last_checkpoint.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-            );
-        }
-        Ok(())
-    }
-
     /// `--lr`, `--batch-size` and `--precision`.
     pub fn overrides(&self) -> genlab_core::run::Overrides {
         genlab_core::run::Overrides { lr: self.lr, batch_size: self.batch_size, precision: Some(self.precision) }
+    }
+
+    /// `--data` and the dataset flags.
+    pub fn data_spec(&self) -> Result<genlab_data::DataSpec> {
+        Ok(genlab_data::DataSpec {
+            spec: self.data.clone(),
+            read: self.data_options.read(self.seed)?,
+            select: self.data_options.selection()?,
+        })
+    }
+
+    /// The harness settings and `--device`.
+    pub fn fit_options(&self) -> Result<FitOptions> {
+        Ok(FitOptions { harness: self.harness(), device: self.device.resolve()? })
     }
 
     pub fn harness(&self) -> genlab_core::train::HarnessConfig {
@@ -217,6 +179,15 @@ impl TrainArgs {
             progress: !self.no_progress,
         }
     }
+}
+
+/// Say how a training run ended (on rank 0).
+pub fn finished(out: genlab_core::train::Outcome) -> Result<()> {
+    if genlab_core::dist::is_leader() {
+        let checkpoint = out.last_checkpoint.map(|p| p.display().to_string());
+        eprintln!("{:?} at step {}; checkpoint {}", out.status, out.step, checkpoint.as_deref().unwrap_or("none"));
+    }
+    Ok(())
 }
 
 /// Flags shared by every family's `sample`.

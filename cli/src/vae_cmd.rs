@@ -2,10 +2,8 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use genlab_core::run::apply_overrides;
 use genlab_vae::anomaly::Score;
 use genlab_vae::tools::{AnomalyScores, LikelihoodReport, RunOnData};
-use genlab_vae::train::{VaeRunConfig, VaeTask};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
@@ -128,45 +126,7 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let config_path = a.out.join("config.json");
-    let kl = if a.resume && config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path)?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
-        genlab_vae::train_kl::is_kl_config(&value)
-    } else {
-        genlab_vae::train_kl::is_preset(&a.model)
-    };
-    if kl {
-        return train_kl(a);
-    }
-    let device = a.device.resolve()?;
-    a.fit(
-        device,
-        |ds| {
-            let [c, h, w] = ds.shape();
-            let run = VaeRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], ds.num_classes(), &a.data)?;
-            let run = apply_overrides(run, &a.overrides())?;
-            Ok(run)
-        },
-        |run, _, device| Ok(VaeTask::new(run, device)?),
-    )
-}
-
-/// `genlab vae train` for the KL autoencoder presets (`genlab_vae::train_kl`).
-fn train_kl(a: TrainArgs) -> Result<()> {
-    use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
-    let device = a.device.resolve()?;
-    a.fit(
-        device,
-        |ds| {
-            let [c, h, w] = ds.shape();
-            let run = KlRunConfig::from_preset(&a.model, [c as i64, h as i64, w as i64], &a.data)?;
-            let run = apply_overrides(run, &a.overrides())?;
-            Ok(run)
-        },
-        |run, _, device| Ok(KlAutoencoderTask::new(run, device)?),
-    )
+    crate::finished(genlab_vae::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &a.fit_options()?)?)
 }
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {

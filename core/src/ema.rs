@@ -36,6 +36,23 @@ impl EmaWarmup {
         }
     }
 
+    /// `power` (diffusers' warm-up, [`EmaWarmup::POWER_2_3`]), `power:P` (another power),
+    /// `ratio` or `off`, as `--ema-warmup` takes it.
+    pub fn parse(s: &str) -> Result<Self> {
+        let w = match s.split_once(':') {
+            None if s == "power" => EmaWarmup::POWER_2_3,
+            None if s == "ratio" => EmaWarmup::Ratio,
+            None if s == "off" => EmaWarmup::Off,
+            Some(("power", p)) => match p.parse::<f64>() {
+                Ok(power) => EmaWarmup::Power { inv_gamma: 1.0, power },
+                Err(_) => return Err(CoreError::Config(format!("EMA warm-up power:P needs a number P, got `{p}`"))),
+            },
+            _ => return Err(CoreError::Config(format!("EMA warm-up must be power, power:P, ratio or off, got `{s}`"))),
+        };
+        w.validate()?;
+        Ok(w)
+    }
+
     /// Check the parameters of a `Power` warm-up.
     pub fn validate(self) -> Result<()> {
         if let EmaWarmup::Power { inv_gamma, power } = self {
@@ -139,6 +156,13 @@ impl Ema {
     }
 }
 
+impl std::str::FromStr for EmaWarmup {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        EmaWarmup::parse(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +202,12 @@ mod tests {
         assert!((EmaWarmup::Ratio.decay(0.999, 90) - 0.91).abs() < 1e-12);
         assert_eq!(EmaWarmup::Off.decay(0.9, 0), 0.9);
         assert!(EmaWarmup::Power { inv_gamma: 0.0, power: 1.0 }.validate().is_err());
+        assert_eq!("power".parse::<EmaWarmup>().unwrap(), EmaWarmup::POWER_2_3);
+        assert_eq!("power:0.75".parse::<EmaWarmup>().unwrap(), EmaWarmup::Power { inv_gamma: 1.0, power: 0.75 });
+        assert_eq!(("ratio".parse::<EmaWarmup>().unwrap(), "off".parse().unwrap()), (EmaWarmup::Ratio, EmaWarmup::Off));
+        for bad in ["power:x", "power:-1", "linear"] {
+            assert!(bad.parse::<EmaWarmup>().unwrap_err().to_string().contains(bad.rsplit(':').next().unwrap_or(bad)));
+        }
         // The average after a jump from 0 to 1 at the first update follows the warm-up's decays.
         let vs = VarStore::new(Device::Cpu);
         let w = vs.root().zeros("w", &[1]);

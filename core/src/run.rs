@@ -232,6 +232,16 @@ pub fn resolve_config<R: RunKind>(harness: &HarnessConfig, fresh: impl FnOnce() 
     Ok((run, start))
 }
 
+/// The `config.json` of the run a [`fit`] with `harness` continues (with `resume` and a config in
+/// the run directory), or `None` when it starts a new run: what a family reads to tell which of
+/// its kinds of run to train.
+pub fn resumed_config(harness: &HarnessConfig) -> Result<Option<serde_json::Value>> {
+    if harness.resume && harness.out.join(crate::checkpoint::CONFIG_FILE).is_file() {
+        return Ok(Some(config_json(&harness.out)?.1));
+    }
+    Ok(None)
+}
+
 /// Train a run: resolve its configuration ([`resolve_config`]), open its batches with `data`,
 /// seed libtorch with the run's seed (the initial weights are a function of it), build the task
 /// with `build`, and run the harness (progress, checkpoints, exact resume, Ctrl-C, data-parallel

@@ -169,6 +169,54 @@ pub fn open_selected(spec: &str, opts: &OpenOptions, select: &Selection) -> Resu
     Ok(Arc::new(Concat::new(parts)?))
 }
 
+/// A training dataset: the spec [`open_with`] reads and the options it is read and cut with (the
+/// CLI's `--data` and dataset flags).
+#[derive(Debug, Clone, Default)]
+pub struct DataSpec {
+    pub spec: String,
+    pub read: OpenOptions,
+    pub select: Selection,
+}
+
+impl DataSpec {
+    /// `spec` with default options.
+    pub fn new(spec: &str) -> Self {
+        DataSpec { spec: spec.to_string(), ..Default::default() }
+    }
+
+    /// [`open_selected`].
+    pub fn open(&self) -> Result<Arc<dyn Dataset>> {
+        open_selected(&self.spec, &self.read, &self.select)
+    }
+
+    /// Another dataset read and cut the same way.
+    pub fn with_spec(&self, spec: &str) -> Self {
+        DataSpec { spec: spec.to_string(), ..self.clone() }
+    }
+}
+
+/// [`genlab_core::run::fit`] on a dataset: a new run's configuration is `fresh(dataset)` for the
+/// dataset `data` names; the batches come from the run's own dataset (`run.data()`, read like
+/// `data`) in batches of its batch size, shuffled by the harness seed.
+pub fn fit<R: genlab_core::run::RunKind, T: genlab_core::train::TrainTask>(
+    opts: &genlab_core::run::FitOptions,
+    data: &DataSpec,
+    fresh: impl FnOnce(&Arc<dyn Dataset>) -> genlab_core::Result<R>,
+    build: impl FnOnce(R, genlab_core::run::Start, tch::Device) -> genlab_core::Result<T>,
+) -> genlab_core::Result<genlab_core::train::Outcome> {
+    let (seed, device) = (opts.harness.seed, opts.device);
+    genlab_core::run::fit(
+        opts,
+        || fresh(&data.open()?),
+        |run| {
+            let ds = data.with_spec(run.data()).open()?;
+            let loader = Loader::new(ds, LoaderConfig::new(run.batch_size(), seed, device))?;
+            Ok(Box::new(loader) as Box<dyn genlab_core::train::BatchSource>)
+        },
+        build,
+    )
+}
+
 /// The batches a run trains on: its dataset (`run.data()`, read with default [`OpenOptions`]) in
 /// batches of `run.batch_size()`, shuffled by `seed`; the `data` argument of
 /// [`genlab_core::run::fit`].

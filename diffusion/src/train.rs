@@ -567,3 +567,165 @@ mod tests {
         assert!("avg".parse::<Weights>().is_err());
     }
 }
+
+/// The settings of `genlab diffusion train` beyond the preset and the [`Overrides`]
+/// (`genlab_core::run::Overrides`: learning rate, batch size, precision).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffusionTrainOptions {
+    /// What the network predicts (default: the schedule's, v for pixels and epsilon for latents).
+    pub prediction: Option<crate::PredictionType>,
+    /// The beta schedule (default: cosine for pixels, Stable Diffusion 2's scaled_linear for latents).
+    pub beta_schedule: Option<crate::BetaSchedule>,
+    /// Training timesteps.
+    pub timesteps: usize,
+    /// Class-conditional, for classifier-free guidance (the dataset needs labels).
+    pub cond: bool,
+    /// Label dropout probability of a class-conditional run.
+    pub p_uncond: f64,
+    /// Min-SNR-gamma loss weighting (5 in the paper); `None`: plain MSE.
+    pub min_snr_gamma: Option<f64>,
+    /// The EMA's decay once warmed up, and how it warms up.
+    pub ema_decay: f64,
+    pub ema_warmup: EmaWarmup,
+    /// Linear learning-rate warm-up steps (0: none).
+    pub lr_warmup: u64,
+    /// Gradient-norm clipping (0: none).
+    pub max_grad_norm: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Latent diffusion on this KL autoencoder run's latents (copied into the run directory).
+    pub latent_autoencoder: Option<PathBuf>,
+    /// The latent scale (default: 1 / std of encoded training batches, estimated once).
+    pub latent_scale: Option<f64>,
+}
+
+impl Default for DiffusionTrainOptions {
+    fn default() -> Self {
+        DiffusionTrainOptions {
+            prediction: None,
+            beta_schedule: None,
+            timesteps: 1000,
+            cond: false,
+            p_uncond: 0.1,
+            min_snr_gamma: None,
+            ema_decay: 0.999,
+            ema_warmup: EmaWarmup::POWER_2_3,
+            lr_warmup: 100,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            latent_autoencoder: None,
+            latent_scale: None,
+        }
+    }
+}
+
+impl DiffusionTrainOptions {
+    /// The configuration of a new run of U-Net preset `preset` on `ds` (named `data`), with
+    /// `overrides`; a latent run encodes batches of `ds` on `device` to estimate its scale.
+    pub fn run_config(
+        &self,
+        preset: &str,
+        ds: &Arc<dyn Dataset>,
+        data: &str,
+        overrides: &genlab_core::run::Overrides,
+        seed: u64,
+        device: Device,
+    ) -> Result<DiffusionRunConfig> {
+        let [c, h, w] = ds.shape();
+        let num_classes = match (self.cond, ds.num_classes()) {
+            (false, _) => None,
+            (true, Some(k)) => Some(k),
+            (true, None) => {
+                return Err(DiffusionError::Config(format!("--cond needs a labelled dataset; `{data}` has no labels")))
+            }
+        };
+        if self.max_grad_norm < 0.0 || !self.max_grad_norm.is_finite() {
+            return Err(DiffusionError::Config(format!(
+                "--max-grad-norm must be positive (or 0 for no clipping), got {}",
+                self.max_grad_norm
+            )));
+        }
+        self.ema_warmup.validate()?;
+        // Latent runs start from Stable Diffusion 2's schedule: without x0 clipping, an epsilon
+        // model's deterministic samplers (DDIM, DPM-Solver) amplify its errors at the noisiest steps.
+        let base = if self.latent_autoencoder.is_some() {
+            ScheduleConfig::stable_diffusion_v2()
+        } else {
+            ScheduleConfig::v_cosine()
+        };
+        let schedule = ScheduleConfig {
+            num_train_timesteps: self.timesteps,
+            beta_schedule: self.beta_schedule.unwrap_or(base.beta_schedule),
+            prediction_type: self.prediction.unwrap_or(base.prediction_type),
+            ..base
+        };
+        let run = match &self.latent_autoencoder {
+            None => {
+                DiffusionRunConfig::from_preset(preset, [c as i64, h as i64, w as i64], num_classes, schedule, data)?
+            }
+            Some(ae) => {
+                let opts = crate::latent::LatentOptions { scale: self.latent_scale, seed, ..Default::default() };
+                latent_run_config(preset, ae, ds, num_classes, schedule, data, &opts, device)?
+            }
+        };
+        let mut run = genlab_core::run::apply_overrides(run, overrides)?;
+        if self.cond {
+            run.p_uncond = self.p_uncond;
+        }
+        run.min_snr_gamma = self.min_snr_gamma;
+        run.ema_decay = self.ema_decay;
+        run.ema_warmup = self.ema_warmup;
+        run.lr_warmup_steps = self.lr_warmup;
+        run.max_grad_norm = (self.max_grad_norm > 0.0).then_some(self.max_grad_norm);
+        run.weight_decay = self.weight_decay;
+        Ok(run)
+    }
+}
+
+/// Train a diffusion run of U-Net preset `preset` on `data` (pixels, or a KL autoencoder's
+/// latents), with `overrides` and `extra`. A new latent run copies its autoencoder into the run
+/// directory; a resumed run keeps its configuration, and its autoencoder and scale may be given
+/// again only as they were.
+pub fn fit(
+    preset: &str,
+    data: &genlab_data::DataSpec,
+    overrides: &genlab_core::run::Overrides,
+    extra: &DiffusionTrainOptions,
+    opts: &genlab_core::run::FitOptions,
+) -> Result<genlab_core::train::Outcome> {
+    let (out, seed, device) = (&opts.harness.out, opts.harness.seed, opts.device);
+    let leader = genlab_core::dist::is_leader();
+    Ok(genlab_data::fit(
+        opts,
+        data,
+        |ds| Ok(extra.run_config(preset, ds, &data.spec, overrides, seed, device)?),
+        |run, start, device| {
+            match (&run.latent, start) {
+                (Some(l), genlab_core::run::Start::Fresh) if leader => {
+                    let dir = install_autoencoder(&run, out)?;
+                    let how = if l.scale_estimated { "1 / std of encoded training batches" } else { "given" };
+                    eprintln!(
+                        "latent diffusion on {:?} latents of {} (copied to {}), scale {:.6} ({how})",
+                        l.latent_shape,
+                        l.autoencoder_source.display(),
+                        dir.display(),
+                        l.scale
+                    );
+                }
+                (_, genlab_core::run::Start::Resume) => {
+                    run.check_resume(extra.latent_autoencoder.as_deref(), extra.latent_scale)?;
+                    if extra.latent_autoencoder.is_some() && leader {
+                        let copy = out.join(crate::latent::AUTOENCODER_DIR);
+                        eprintln!("resuming with the run's own copy of the autoencoder ({})", copy.display());
+                    }
+                }
+                _ => {}
+            }
+            if let (Some(g), Some(_)) = (genlab_core::dist::group(), &run.latent) {
+                // The other ranks load rank 0's copy of the autoencoder.
+                g.barrier()?;
+            }
+            Ok(DiffusionTask::for_run(run, out, device)?)
+        },
+    )?)
+}

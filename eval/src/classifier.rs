@@ -295,6 +295,28 @@ pub struct Accuracy {
     pub per_class: Vec<Option<f64>>,
 }
 
+/// Train a classifier run of preset `preset` on the labelled `data` for `opts.harness.steps`
+/// steps (its learning rate decays over them), with `overrides`: `genlab eval train-classifier`.
+pub fn fit(
+    preset: &str,
+    data: &genlab_data::DataSpec,
+    overrides: &genlab_core::run::Overrides,
+    opts: &genlab_core::run::FitOptions,
+) -> Result<genlab_core::train::Outcome> {
+    Ok(genlab_data::fit(
+        opts,
+        data,
+        |ds| {
+            let [c, h, w] = ds.shape();
+            let shape = [c as i64, h as i64, w as i64];
+            let run =
+                ClassifierRunConfig::from_preset(preset, shape, ds.num_classes(), &data.spec, opts.harness.steps)?;
+            genlab_core::run::apply_overrides(run, overrides)
+        },
+        |run, _, device| Ok(ClassifierTask::new(run, device)?),
+    )?)
+}
+
 /// What `genlab eval train-classifier --test` writes to `RUN/eval.json`: the trained classifier's
 /// accuracy on a labelled test set.
 #[derive(Debug, Clone, Serialize)]

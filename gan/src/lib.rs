@@ -9,9 +9,11 @@
 //! - [`augment`]: labelled synthetic data from a class-conditional generator.
 //! - [`sr`]: single-image super-resolution (SRResNet, SRGAN), PSNR and SSIM.
 //! - [`cyclegan`]: unpaired image-to-image translation (CycleGAN).
+//! - [`fit`]: train any of these kinds of run from a preset and a dataset in one call.
 pub mod augment;
 pub mod cyclegan;
 pub mod error;
+pub mod fit;
 pub mod load;
 pub mod loss;
 pub mod metrics;

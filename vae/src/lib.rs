@@ -5,6 +5,7 @@
 //! - [`loss`]: the ELBO's terms as free functions.
 //! - [`train`]: the training step for genlab-core's harness, and loading trained runs.
 //! - [`train_kl`]: the same for the KL autoencoder (`--model kl-f2|kl-f4|sd15`).
+//! - [`fit`]: train either kind of run from a preset and a dataset in one call.
 //! - [`sample`]: sampling and reconstruction.
 //! - [`interpolate`], [`anomaly`], [`embed`], [`impute`], [`likelihood`]: latent tools —
 //!   interpolation grids, anomaly scores and ROC-AUC, latent embeddings and a linear probe,
@@ -19,6 +20,7 @@ pub mod anomaly;
 pub mod autoencoder_kl;
 pub mod embed;
 pub mod error;
+pub mod fit;
 pub mod impute;
 pub mod interpolate;
 pub mod likelihood;
