@@ -1,11 +1,12 @@
 //! `genlab gan ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use genlab_gan::cyclegan::translate::Direction;
+use genlab_gan::cyclegan::translate::{CycleEvaluation, Direction};
 use genlab_gan::fit::GanTrainOptions;
+use genlab_gan::load::SampleRequest;
 use genlab_gan::stylegan2::generator::NoiseMode;
-use genlab_gan::stylegan2::tools::{self as style_tools, StyleLevel};
+use genlab_gan::stylegan2::tools as style_tools;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -259,79 +260,23 @@ fn train(args: GanTrainArgs) -> Result<()> {
 
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;
-    if a.n <= 0 {
-        bail!("--n must be at least 1");
-    }
-    let device = a.device.resolve()?;
-    if genlab_gan::stylegan2::train::is_stylegan2_run(&a.run)? {
-        return sample_stylegan2(&args, device);
-    }
-    if args.truncation.is_some() || args.seeds.is_some() {
-        bail!("--truncation and --seeds apply to StyleGAN2 runs; {} is not one", a.run.display());
-    }
-    let (_vs, generator, _) = genlab_gan::train::load(&a.run, device)?;
-    // --class C for every sample; a conditional model otherwise cycles through its classes.
-    let labels: Option<Vec<i64>> = match (args.class, generator.cfg.num_classes) {
-        (Some(_), None) => bail!(
-            "--class needs a class-conditional model (trained with --model cgan); {} is unconditional",
-            a.run.display()
-        ),
-        (Some(c), Some(k)) if c < 0 || c >= k => {
-            bail!("--class {c} is out of range: {} has {k} classes, 0..={}", a.run.display(), k - 1)
-        }
-        (Some(c), _) => Some(vec![c; a.n as usize]),
-        (None, Some(k)) => Some((0..a.n).map(|i| i % k).collect()),
-        (None, None) => None,
+    let req = SampleRequest {
+        n: a.n,
+        seed: a.seed,
+        class: args.class,
+        truncation: args.truncation,
+        seeds: args.seeds.clone(),
     };
-    tch::manual_seed(a.seed as i64);
-    let imgs = genlab_gan::sample::sample(&generator, a.n, labels.as_deref())?;
+    let (imgs, labels) = genlab_gan::load::sample_run(&a.run, &req, a.device.resolve()?)?;
     genlab_core::images::save_samples(&imgs, &a.out, labels.as_deref())?;
-    eprintln!("wrote {} samples to {}", a.n, a.out.display());
-    Ok(())
-}
-
-fn sample_stylegan2(args: &GanSampleArgs, device: tch::Device) -> Result<()> {
-    let a = &args.common;
-    if args.class.is_some() {
-        bail!("--class: {} is an unconditional StyleGAN2 run", a.run.display());
-    }
-    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
-    let psi = args.truncation.unwrap_or(1.0);
-    let imgs = match &args.seeds {
-        Some(seeds) => style_tools::sample_seeds(&g, seeds, psi, NoiseMode::Const)?,
-        None => {
-            tch::manual_seed(a.seed as i64);
-            style_tools::sample(&g, a.n, psi, NoiseMode::Const)?
-        }
-    };
-    genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!("wrote {} samples to {}", imgs.size()[0], a.out.display());
     Ok(())
-}
-
-/// `coarse`, `middle`, `fine` or `A..B` as a range of w indices of a generator with `num_ws`.
-fn style_range(spec: &str, num_ws: i64) -> Result<std::ops::Range<usize>> {
-    if let Some((a, b)) = spec.split_once("..") {
-        let parse =
-            |x: &str| x.trim().parse::<usize>().with_context(|| format!("--styles {spec}: `{x}` is not a number"));
-        let (a, b) = (parse(a)?, parse(b)?);
-        if a >= b || b > num_ws as usize {
-            bail!("--styles {spec}: need A < B <= {num_ws} (the generator has {num_ws} w inputs)");
-        }
-        return Ok(a..b);
-    }
-    let level: StyleLevel = spec.parse()?;
-    let range = style_tools::style_range(num_ws, level);
-    if range.is_empty() {
-        bail!("--styles {spec}: a generator with {num_ws} w inputs has no {spec} styles; give a range A..B");
-    }
-    Ok(range)
 }
 
 fn style_mix(a: StyleMixArgs) -> Result<()> {
     let device = a.device.resolve()?;
     let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
-    let range = style_range(&a.styles, g.num_ws())?;
+    let range = style_tools::parse_style_range(&a.styles, g.num_ws())?;
     let grid = style_tools::style_mixing_grid(&g, &a.rows, &a.cols, range, a.truncation, NoiseMode::Const)?;
     let tiles = genlab_core::images::to_u8(&grid.images);
     let png = genlab_core::images::make_grid(&tiles, grid.ncol, 1)?;
@@ -377,23 +322,12 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
 
 fn sr_eval(a: SrEvalArgs) -> Result<()> {
     let device = a.device.resolve()?;
-    let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
-    let step = genlab_core::train::open_checkpoint(&a.run)?.step();
     let ds = a.data_options.open(&a.data, 0)?;
-    let e = genlab_gan::sr::upscale::evaluate(&model, ds.as_ref(), a.n, a.chunk)?;
-    let [c, h, w] = e.image_shape;
-    println!("{}: {} images of {c}x{h}x{w}, x{} from {}x{}", a.data, e.images, e.scale, h / e.scale, w / e.scale);
-    println!("  model (step {step})  PSNR {:6.2} dB  SSIM {:.4}", e.psnr_model, e.ssim_model);
-    println!("  bicubic          PSNR {:6.2} dB  SSIM {:.4}", e.psnr_bicubic, e.ssim_bicubic);
-    if let Some(path) = &a.json {
-        let mut v = serde_json::to_value(&e)?;
-        v["run"] = serde_json::json!(a.run.display().to_string());
-        v["step"] = serde_json::json!(step);
-        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
+    let e = genlab_gan::load::sr_evaluation(&a.run, ds.as_ref(), a.n, a.chunk, device)?;
+    print!("{e}");
+    crate::write_json(a.json.as_deref(), &e)?;
     if let Some(path) = &a.grid {
+        let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
         let rows = genlab_gan::sr::upscale::comparison(&model, ds.as_ref(), 8)?;
         let u8s = genlab_core::images::to_u8(&rows);
         genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, 3, 2)?, path)?;
@@ -437,26 +371,12 @@ fn translate(a: TranslateArgs) -> Result<()> {
         let (Some(name_a), Some(name_b)) = (a.data_a.as_deref(), a.data_b.as_deref()) else {
             bail!("--eval needs --data-a and --data-b: two aligned datasets (item i of each shows the same content)");
         };
-        let ds_a = a.data_options.open(name_a, 0)?;
-        let ds_b = a.data_options.open(name_b, 0)?;
-        let e =
-            genlab_gan::cyclegan::translate::evaluate(&g, ds_a.as_ref(), name_a, ds_b.as_ref(), name_b, a.n, a.chunk)?;
-        println!("{} pairs of {name_a} | {name_b}, run at step {} (L1 and PSNR on [0, 1] pixels)", e.images, g.step);
-        for (what, s) in [("a2b", &e.a2b), ("b2a", &e.b2a)] {
-            println!(
-                "  {what}  model    L1 {:.4}  PSNR {:6.2} dB  cycle L1 {:.4}\n  {what}  identity L1 {:.4}  PSNR {:6.2} dB  cycle L1 0",
-                s.l1, s.psnr, s.cycle_l1, s.l1_identity, s.psnr_identity
-            );
-        }
-        if let Some(path) = &a.json {
-            let mut v = serde_json::to_value(&e)?;
-            v["run"] = serde_json::json!(a.run.display().to_string());
-            v["step"] = serde_json::json!(g.step);
-            std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        return Ok(());
+        let (ds_a, ds_b) = (a.data_options.open(name_a, 0)?, a.data_options.open(name_b, 0)?);
+        let evaluate = genlab_gan::cyclegan::translate::evaluate;
+        let e = evaluate(&g, ds_a.as_ref(), name_a, ds_b.as_ref(), name_b, a.n, a.chunk)?;
+        let e = CycleEvaluation { run: Some(a.run.display().to_string()), ..e };
+        print!("{e}");
+        return crate::write_json(a.json.as_deref(), &e);
     }
     let (Some(input), Some(output)) = (a.input.as_deref(), a.output.as_deref()) else {
         bail!("translate needs IN and OUT (a PNG or an .h5 each), or --eval");

@@ -181,6 +181,15 @@ impl TrainArgs {
     }
 }
 
+/// Write `report` as pretty JSON to `path`, when one is given.
+pub fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// Say how a training run ended (on rank 0).
 pub fn finished(out: genlab_core::train::Outcome) -> Result<()> {
     if genlab_core::dist::is_leader() {

@@ -147,11 +147,29 @@ pub struct DirectionScores {
 /// [`evaluate`]'s result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CycleEvaluation {
+    /// The run (when the caller names it) and the step of its checkpoint.
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub step: u64,
     pub data_a: String,
     pub data_b: String,
     pub images: usize,
     pub a2b: DirectionScores,
     pub b2a: DirectionScores,
+}
+
+impl std::fmt::Display for CycleEvaluation {
+    /// Each direction's model beside the do-nothing baseline (L1 and PSNR on [0, 1] pixels).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (n, a, b) = (self.images, &self.data_a, &self.data_b);
+        writeln!(f, "{n} pairs of {a} | {b}, run at step {} (L1 and PSNR on [0, 1] pixels)", self.step)?;
+        for (what, s) in [("a2b", &self.a2b), ("b2a", &self.b2a)] {
+            writeln!(f, "  {what}  model    L1 {:.4}  PSNR {:6.2} dB  cycle L1 {:.4}", s.l1, s.psnr, s.cycle_l1)?;
+            writeln!(f, "  {what}  identity L1 {:.4}  PSNR {:6.2} dB  cycle L1 0", s.l1_identity, s.psnr_identity)?;
+        }
+        Ok(())
+    }
 }
 
 /// Per-image PSNR on [0, 1], capped at 100 dB.
@@ -215,6 +233,8 @@ pub fn evaluate(
         cycle_l1: v[4] / m,
     };
     Ok(CycleEvaluation {
+        run: None,
+        step: g.step,
         data_a: name_a.into(),
         data_b: name_b.into(),
         images: total,

@@ -141,6 +141,23 @@ pub struct SrEvaluation {
     pub ssim_model: f64,
     pub psnr_bicubic: f64,
     pub ssim_bicubic: f64,
+    /// The run and the step of its checkpoint, when evaluated from a run directory.
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub step: Option<u64>,
+}
+
+impl std::fmt::Display for SrEvaluation {
+    /// The model's PSNR and SSIM beside bicubic upscaling's.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [c, h, w] = self.image_shape;
+        let s = self.scale;
+        writeln!(f, "{}: {} images of {c}x{h}x{w}, x{s} from {}x{}", self.data, self.images, h / s, w / s)?;
+        let model = self.step.map(|s| format!("model (step {s})")).unwrap_or_else(|| "model".into());
+        writeln!(f, "  {model:<16} PSNR {:6.2} dB  SSIM {:.4}", self.psnr_model, self.ssim_model)?;
+        writeln!(f, "  {:<16} PSNR {:6.2} dB  SSIM {:.4}", "bicubic", self.psnr_bicubic, self.ssim_bicubic)
+    }
 }
 
 /// PSNR is capped here, so that an image reproduced exactly does not make the mean infinite.
@@ -197,6 +214,8 @@ pub fn evaluate(model: &SrGenerator, ds: &dyn Dataset, n: Option<usize>, chunk: 
         ssim_model: mean(sums[1]),
         psnr_bicubic: mean(sums[2]),
         ssim_bicubic: mean(sums[3]),
+        run: None,
+        step: None,
     })
 }
 

@@ -88,6 +88,25 @@ impl std::str::FromStr for StyleLevel {
     }
 }
 
+/// The w indices `spec` names for a generator with `num_ws` w inputs: `coarse`, `middle`, `fine`
+/// ([`style_range`]) or a range `A..B`.
+pub fn parse_style_range(spec: &str, num_ws: i64) -> Result<Range<usize>> {
+    let bad = |m: String| GanError::Config(format!("--styles {spec}: {m}"));
+    if let Some((a, b)) = spec.split_once("..") {
+        let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| bad(format!("`{x}` is not a number")));
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a >= b || b > num_ws as usize {
+            return Err(bad(format!("need A < B <= {num_ws} (the generator has {num_ws} w inputs)")));
+        }
+        return Ok(a..b);
+    }
+    let range = style_range(num_ws, spec.parse()?);
+    if range.is_empty() {
+        return Err(bad(format!("a generator with {num_ws} w inputs has no {spec} styles; give a range A..B")));
+    }
+    Ok(range)
+}
+
 /// The ws indices of a style level, for a generator with `num_ws` latents (resolution
 /// `2^(num_ws / 2 + 1)`). Index 0 drives 4x4; indices `2k - 1` and `2k` drive the block at
 /// `4 * 2^k` (the first of them also the previous block's toRGB); the last index is the final
@@ -216,4 +235,21 @@ pub fn sample_seeds(g: &Generator, seeds: &[u64], psi: f64, noise_mode: NoiseMod
     let ws = ws_from_seeds(g, seeds, psi)?;
     let img = tch::no_grad(|| g.synthesis.forward(&ws, noise_mode, true))?;
     Ok(g.cfg.crop_to_data(&img))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn style_ranges_parse_by_level_or_as_index_ranges() {
+        // 14 w inputs (256 px): coarse 4x4-8x8, middle 16x16-32x32, fine the rest.
+        assert_eq!(parse_style_range("coarse", 14).unwrap(), style_range(14, StyleLevel::Coarse));
+        assert_eq!(parse_style_range("fine", 14).unwrap(), style_range(14, StyleLevel::Fine));
+        assert_eq!(parse_style_range("2..6", 14).unwrap(), 2..6);
+        for (spec, says) in [("6..2", "A < B"), ("0..15", "14 w inputs"), ("a..3", "not a number"), ("wide", "wide")] {
+            let e = parse_style_range(spec, 14).unwrap_err().to_string();
+            assert!(e.contains(says), "{spec}: {e}");
+        }
+    }
 }
