@@ -6,7 +6,7 @@ use genlab_core::ema::EmaWarmup;
 use genlab_core::DeviceSpec;
 use genlab_diffusion::load::{DiffusionRun, SampleOptions};
 use genlab_diffusion::sample::{read_image, read_mask, RePaint};
-use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
+use genlab_diffusion::sd::{GenerateOptions, LoadOptions, StableDiffusion};
 use genlab_diffusion::train::{DiffusionTrainOptions, Weights};
 use genlab_diffusion::{BetaSchedule, PredictionType, SchedulerKind};
 use std::path::PathBuf;
@@ -252,27 +252,14 @@ pub struct Txt2imgFlags {
 impl SdArgs {
     fn load(&self, device: tch::Device) -> Result<StableDiffusion> {
         let Some(model) = &self.model else { bail!("--model is required") };
-        let kind = match self.dtype {
-            genlab_core::Precision::Fp32 => tch::Kind::Float,
-            genlab_core::Precision::Fp16 => tch::Kind::Half,
-            genlab_core::Precision::Bf16 => tch::Kind::BFloat16,
+        let opts = LoadOptions {
+            model_config: self.model_config.clone(),
+            dtype: self.dtype,
+            attention_slice: self.attention_slice,
         };
-        if kind == tch::Kind::Half && device == tch::Device::Cpu {
-            bail!("--dtype fp16 needs a GPU (--device cuda); on the CPU use fp32 or bf16");
-        }
         let t = std::time::Instant::now();
-        let mut sd = StableDiffusion::load(model, self.model_config.as_deref(), device)?;
-        sd.set_kind(kind);
-        sd.unet.set_attention_slice(self.attention_slice.filter(|&s| s > 0))?;
-        let (te, un, va) = sd.parameter_counts();
-        eprintln!(
-            "loaded {} ({:.1}M text encoder, {:.1}M UNet, {:.1}M autoencoder parameters) in {:.1} s",
-            model.display(),
-            te as f64 / 1e6,
-            un as f64 / 1e6,
-            va as f64 / 1e6,
-            t.elapsed().as_secs_f64()
-        );
+        let sd = StableDiffusion::open(model, &opts, device)?;
+        eprintln!("loaded {} ({}) in {:.1} s", model.display(), sd.describe_size(), t.elapsed().as_secs_f64());
         Ok(sd)
     }
 
@@ -290,14 +277,9 @@ impl SdArgs {
     }
 }
 
-/// Images in [0, 1] (an SD pipeline's output) to a PNG (one image as it is, several as a grid), .h5 or folder.
-fn save_generated(images: &Tensor, out: &std::path::Path) -> Result<()> {
-    let single_png = images.size()[0] == 1 && out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
-    if single_png {
-        genlab_core::images::save_png(&genlab_core::images::to_u8(&(images * 2.0 - 1.0)).get(0), out)?;
-    } else {
-        genlab_core::images::save_samples(&(images * 2.0 - 1.0), out, None)?;
-    }
+/// Images in [-1, 1] to a PNG (one image as it is, several as a grid), .h5 or folder.
+fn save(images: &Tensor, out: &std::path::Path) -> Result<()> {
+    genlab_core::images::save_images(images, out)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -325,7 +307,7 @@ fn txt2img_cmd(f: Txt2imgFlags) -> Result<()> {
         t.elapsed().as_secs_f64(),
         t.elapsed().as_secs_f64() / out.timesteps.len().max(1) as f64
     );
-    save_generated(&out.images, &f.out)
+    save(&(out.images * 2.0 - 1.0), &f.out)
 }
 
 pub fn run(cmd: DiffusionCommand) -> Result<()> {
@@ -387,12 +369,6 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     Ok(())
 }
 
-fn save_one(image: &Tensor, out: &std::path::Path) -> Result<()> {
-    genlab_core::images::save_png(&genlab_core::images::to_u8(image).get(0), out)?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
-}
-
 fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     let e = &f.edit;
     let device = e.device.resolve()?;
@@ -405,7 +381,7 @@ fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
         let g = e.guidance.guidance.unwrap_or(7.5);
         let opts = e.sd.options(f.steps.unwrap_or(50), g, f.sampler.as_deref(), e.seed)?;
         let out = sd.inpaint(&opts, &image, &mask, f.strength)?;
-        return save_generated(&out.images, &e.out);
+        return save(&(out.images * 2.0 - 1.0), &e.out);
     };
     if f.sampler.is_some() || f.invert_mask || f.strength != 1.0 {
         bail!("--sampler, --strength and --invert-mask apply to a Stable Diffusion --model; a --run inpaints with RePaint");
@@ -416,7 +392,7 @@ fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     tch::manual_seed(e.seed as i64);
     let repaint = RePaint { jump_length: f.jump_length, resamplings: f.resamplings };
     let opts = SampleOptions { steps: f.steps.unwrap_or(100), ..e.guidance.options(run.options) };
-    save_one(&run.inpaint(&image, &mask, repaint, &opts)?, &e.out)
+    save(&run.inpaint(&image, &mask, repaint, &opts)?, &e.out)
 }
 
 fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
@@ -427,12 +403,12 @@ fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
         let image = read_rgb01(&e.input)?;
         let opts = e.sd.options(f.steps, e.guidance.guidance.unwrap_or(7.5), f.sampler.as_deref(), e.seed)?;
         let out = sd.img2img(&opts, &image, f.strength)?;
-        return save_generated(&out.images, &e.out);
+        return save(&(out.images * 2.0 - 1.0), &e.out);
     };
     let scheduler = f.sampler.as_deref().unwrap_or("ddim").parse::<SchedulerKind>()?;
     let run = DiffusionRun::open(run_dir, Weights::Ema, device)?;
     let image = read_image(&e.input, run.image_channels())?;
     tch::manual_seed(e.seed as i64);
     let opts = SampleOptions { scheduler, steps: f.steps, ..e.guidance.options(run.options) };
-    save_one(&run.img2img(&image, f.strength, &opts)?, &e.out)
+    save(&run.img2img(&image, f.strength, &opts)?, &e.out)
 }

@@ -106,6 +106,16 @@ impl OutputKind {
     }
 }
 
+/// [`save_samples`] without labels, except that one image saved as a PNG is the image itself
+/// rather than a grid of one.
+pub fn save_images(images: &Tensor, path: &Path) -> Result<()> {
+    if images.size().first() == Some(&1) && OutputKind::of(path) == OutputKind::Grid {
+        check_images(images)?;
+        return save_png(&to_u8(images).get(0), path);
+    }
+    save_samples(images, path, None)
+}
+
 /// Save a batch of images in [-1, 1] to `path` per [`OutputKind::of`].
 ///
 /// # Shapes

@@ -14,6 +14,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use genlab_core::checkpoint::{copy_named_into, read_safetensors};
+use genlab_core::Precision;
 use genlab_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::clip::text_model::{self, ClipTextConfig, ClipTextModel};
@@ -159,6 +160,17 @@ pub fn scheduler_for_class(class: &str) -> Option<SchedulerKind> {
         "HeunDiscreteScheduler" => SchedulerKind::Heun,
         _ => return None,
     })
+}
+
+/// How [`StableDiffusion::open`] loads a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A single file's structure: a diffusers folder's configs or a preset (sd15, sd21; default sd15).
+    pub model_config: Option<String>,
+    /// The weights' type; the autoencoder stays fp32 in fp16 where its config says so.
+    pub dtype: Precision,
+    /// Attention this many heads at a time (lower peak memory; `None` or 0: all at once).
+    pub attention_slice: Option<i64>,
 }
 
 /// A loaded Stable-Diffusion-compatible model: tokenizer, text encoder, UNet, autoencoder and schedule.
@@ -319,6 +331,30 @@ impl StableDiffusion {
         }
         fill_all(path, &parts)?;
         Ok(sd)
+    }
+
+    /// [`StableDiffusion::load`] with the weights in `opts.dtype` (fp16 only on a GPU) and attention
+    /// computed `opts.attention_slice` heads at a time.
+    pub fn open(model: &Path, opts: &LoadOptions, device: Device) -> Result<Self> {
+        let kind = match opts.dtype {
+            Precision::Fp32 => Kind::Float,
+            Precision::Fp16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        if kind == Kind::Half && device == Device::Cpu {
+            return Err(model_err(model, "--dtype fp16 needs a GPU (--device cuda); on the CPU use fp32 or bf16"));
+        }
+        let mut sd = Self::load(model, opts.model_config.as_deref(), device)?;
+        sd.set_kind(kind);
+        sd.unet.set_attention_slice(opts.attention_slice.filter(|&s| s > 0))?;
+        Ok(sd)
+    }
+
+    /// "1.2M text encoder, 3.4M UNet, 0.5M autoencoder parameters".
+    pub fn describe_size(&self) -> String {
+        let (te, un, va) = self.parameter_counts();
+        let m = |n: i64| n as f64 / 1e6;
+        format!("{:.1}M text encoder, {:.1}M UNet, {:.1}M autoencoder parameters", m(te), m(un), m(va))
     }
 
     /// Load `model`: a diffusers folder, or a `.safetensors` single file whose structure comes from

@@ -10,5 +10,5 @@ pub mod pipeline;
 pub mod single_file;
 pub mod unet;
 
-pub use loader::{SdConfig, StableDiffusion};
+pub use loader::{LoadOptions, SdConfig, StableDiffusion};
 pub use pipeline::{GenerateOptions, Generated};
