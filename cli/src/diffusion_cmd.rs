@@ -2,13 +2,12 @@
 use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use genlab_core::ema::EmaWarmup;
 use genlab_core::DeviceSpec;
 use genlab_diffusion::load::{DiffusionRun, SampleOptions};
 use genlab_diffusion::sample::{read_image, read_mask, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, LoadOptions, StableDiffusion};
 use genlab_diffusion::train::{DiffusionTrainOptions, Weights};
-use genlab_diffusion::{BetaSchedule, PredictionType, SchedulerKind};
+use genlab_diffusion::SchedulerKind;
 use std::path::PathBuf;
 use tch::Tensor;
 
@@ -48,50 +47,8 @@ pub enum DiffusionCommand {
 pub struct TrainFlags {
     #[command(flatten)]
     common: TrainArgs,
-    /// What the network predicts: eps, x0 or v [default: v].
-    #[arg(long)]
-    prediction: Option<PredictionType>,
-    /// Beta schedule: linear (1e-4..0.02, DDPM), cosine, scaled_linear or sigmoid [default: cosine;
-    /// scaled_linear 0.00085..0.012 (Stable Diffusion 2) for a latent run].
-    #[arg(long)]
-    schedule: Option<BetaSchedule>,
-    /// Training timesteps.
-    #[arg(long, default_value_t = 1000)]
-    timesteps: usize,
-    /// Class-conditional, for classifier-free guidance (the dataset needs labels).
-    #[arg(long)]
-    cond: bool,
-    /// Label dropout probability of a --cond run.
-    #[arg(long, default_value_t = 0.1)]
-    p_uncond: f64,
-    /// Min-SNR-gamma loss weighting (5 in the paper); off by default.
-    #[arg(long)]
-    min_snr_gamma: Option<f64>,
-    /// The EMA's decay once warmed up.
-    #[arg(long, default_value_t = 0.999)]
-    ema_decay: f64,
-    /// How the EMA's decay grows: `power` (diffusers' EMAModel warm-up, 1 - (1 + step)^(-2/3)),
-    /// `power:P` (another power), `ratio` ((1 + step) / (10 + step)) or `off`.
-    #[arg(long, default_value = "power")]
-    ema_warmup: EmaWarmup,
-    /// Linear learning-rate warm-up over this many steps (0: none).
-    #[arg(long, default_value_t = 100)]
-    lr_warmup: u64,
-    /// Clip the gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f64,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// Latent diffusion: train on the latents of this KL autoencoder run (`genlab vae train --model
-    /// kl-f2|kl-f4|sd15`), which is copied into OUT/autoencoder. On --resume it may be given again
-    /// only as the same path.
-    #[arg(long, value_name = "RUN_DIR")]
-    latent_autoencoder: Option<PathBuf>,
-    /// Latents are multiplied by this (default: 1 / std of encoded training batches, estimated once
-    /// when the run starts).
-    #[arg(long, value_name = "SCALE", requires = "latent_autoencoder")]
-    latent_scale: Option<f64>,
+    #[command(flatten)]
+    extra: DiffusionTrainOptions,
 }
 
 /// The class to condition on and the guidance scale.
@@ -321,24 +278,8 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 }
 
 fn train(f: TrainFlags) -> Result<()> {
-    let a = &f.common;
-    let extra = DiffusionTrainOptions {
-        prediction: f.prediction,
-        beta_schedule: f.schedule,
-        timesteps: f.timesteps,
-        cond: f.cond,
-        p_uncond: f.p_uncond,
-        min_snr_gamma: f.min_snr_gamma,
-        ema_decay: f.ema_decay,
-        ema_warmup: f.ema_warmup,
-        lr_warmup: f.lr_warmup,
-        max_grad_norm: f.max_grad_norm,
-        weight_decay: f.weight_decay,
-        latent_autoencoder: f.latent_autoencoder.clone(),
-        latent_scale: f.latent_scale,
-    };
-    let fit = genlab_diffusion::train::fit;
-    crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides(), &extra, &a.fit_options()?)?)
+    let (a, fit) = (&f.common, genlab_diffusion::train::fit);
+    crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides(), &f.extra, &a.fit_options()?)?)
 }
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {

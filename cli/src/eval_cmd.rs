@@ -1,12 +1,13 @@
 //! `genlab eval ...`: sample-quality metrics for any family's run or for a file of samples, and
 //! `genlab eval train-classifier`, the dataset classifier whose features and predictions the
 //! metrics can use.
-use crate::data_cmd::{DataOptions, DATASET_HELP};
+use crate::data_cmd::DATASET_HELP;
 use crate::TrainArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use genlab_core::run::{ImageSampler, RunId};
 use genlab_core::DeviceSpec;
+use genlab_data::DataOptions;
 use genlab_diffusion::load::DiffusionRun;
 use genlab_eval::evaluate::{evaluate_file, evaluate_sampler, EvalOptions};
 use std::path::{Path, PathBuf};
@@ -108,23 +109,12 @@ fn train_classifier(a: ClassifierArgs) -> Result<()> {
     let outcome = genlab_eval::classifier::fit(&c.model, &c.data_spec()?, &c.overrides(), &c.fit_options()?)?;
     crate::finished(outcome)?;
     let Some(test) = &a.test else { return Ok(()) };
-    let read = read_options(&c.data_options);
+    let read = c.data_options.read_whole();
     let r =
         genlab_eval::classifier::write_test_report(&c.out, test, &read, c.steps, t0.elapsed().as_secs_f64(), device)?;
     println!("test accuracy {:.4} ({}/{}) on {test}", r.test_accuracy, r.correct, r.total);
     eprintln!("wrote {}", c.out.join("eval.json").display());
     Ok(())
-}
-
-/// Of the dataset flags, those that say how to read a source, not which items to keep: a test or
-/// reference set is used whole.
-fn read_options(d: &DataOptions) -> genlab_data::OpenOptions {
-    genlab_data::OpenOptions {
-        size: d.image_size,
-        channels: d.channels,
-        h5_labels: d.h5_labels.clone(),
-        ..Default::default()
-    }
 }
 
 /// The run at `path` as a sampler, whichever family and kind it is, and the sampler settings given.

@@ -61,18 +61,8 @@ pub enum GanCommand {
 pub struct GanTrainArgs {
     #[command(flatten)]
     pub common: TrainArgs,
-    /// Discriminator learning rate (two time scales); defaults to the preset's, or to --lr when given.
-    #[arg(long)]
-    pub lr_d: Option<f64>,
-    /// Super-resolution factor: 2, 4 or 8 (srgan and srresnet; default 4).
-    #[arg(long)]
-    pub scale: Option<i64>,
-    /// Pixel-only (SRResNet) steps before the adversarial term starts (srgan; default 1000).
-    #[arg(long)]
-    pub pretrain_steps: Option<u64>,
-    /// CycleGAN: domain B (domain A is --data); never paired with A in training.
-    #[arg(long, help = crate::data_cmd::DATASET_HELP)]
-    pub data_b: Option<String>,
+    #[command(flatten)]
+    pub extra: GanTrainOptions,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,7 +88,7 @@ pub struct TranslateArgs {
     #[arg(long)]
     pub data_b: Option<String>,
     #[command(flatten)]
-    pub data_options: crate::data_cmd::DataOptions,
+    pub data_options: genlab_data::DataOptions,
     /// --eval: the first N pairs (default: all).
     #[arg(long)]
     pub n: Option<usize>,
@@ -197,7 +187,7 @@ pub struct SrEvalArgs {
     #[arg(long, help = crate::data_cmd::DATASET_HELP)]
     pub data: String,
     #[command(flatten)]
-    pub data_options: crate::data_cmd::DataOptions,
+    pub data_options: genlab_data::DataOptions,
     /// Use the first N images (default: all).
     #[arg(long)]
     pub n: Option<usize>,
@@ -249,13 +239,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
 
 fn train(args: GanTrainArgs) -> Result<()> {
     let a = &args.common;
-    let extra = GanTrainOptions {
-        lr_d: args.lr_d,
-        scale: args.scale,
-        pretrain_steps: args.pretrain_steps,
-        data_b: args.data_b.clone(),
-    };
-    crate::finished(genlab_gan::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &extra, &a.fit_options()?)?)
+    crate::finished(genlab_gan::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &args.extra, &a.fit_options()?)?)
 }
 
 fn sample(args: GanSampleArgs) -> Result<()> {

@@ -105,7 +105,7 @@ pub struct TrainArgs {
     #[arg(long, visible_alias = "data-a", default_value = "mnist5k", help = data_cmd::DATASET_HELP)]
     pub data: String,
     #[command(flatten)]
-    pub data_options: data_cmd::DataOptions,
+    pub data_options: genlab_data::DataOptions,
     /// Training steps (total, including steps done before a --resume).
     #[arg(long)]
     pub steps: u64,
@@ -152,11 +152,7 @@ impl TrainArgs {
 
     /// `--data` and the dataset flags.
     pub fn data_spec(&self) -> Result<genlab_data::DataSpec> {
-        Ok(genlab_data::DataSpec {
-            spec: self.data.clone(),
-            read: self.data_options.read(self.seed)?,
-            select: self.data_options.selection()?,
-        })
+        Ok(self.data_options.spec(&self.data, self.seed)?)
     }
 
     /// The harness settings and `--device`.

@@ -168,7 +168,7 @@ pub struct EvalArgs {
     #[arg(long, help = crate::data_cmd::DATASET_HELP)]
     pub data: String,
     #[command(flatten)]
-    pub data_options: crate::data_cmd::DataOptions,
+    pub data_options: genlab_data::DataOptions,
     /// Use at most this many images (the first N).
     #[arg(long)]
     pub n: Option<usize>,

@@ -9,6 +9,7 @@ pub mod builtin;
 pub mod cifar;
 pub mod dataset;
 pub mod error;
+pub mod flags;
 pub mod folder;
 pub mod h5;
 pub mod idx;
@@ -18,6 +19,7 @@ pub mod tools;
 
 pub use dataset::{batch_of, Concat, Dataset, InMemory, Item, Subset};
 pub use error::{DataError, Result};
+pub use flags::DataOptions;
 pub use folder::{Crop, FolderDataset};
 pub use h5::{write_h5, write_matrix_h5, H5Dataset, H5Writer};
 pub use loader::{Loader, LoaderConfig};

@@ -569,33 +569,54 @@ mod tests {
 }
 
 /// The settings of `genlab diffusion train` beyond the preset and the [`Overrides`]
-/// (`genlab_core::run::Overrides`: learning rate, batch size, precision).
+/// (`genlab_core::run::Overrides`: learning rate, batch size, precision). With the `clap` feature,
+/// its flags.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct DiffusionTrainOptions {
-    /// What the network predicts (default: the schedule's, v for pixels and epsilon for latents).
+    /// What the network predicts: eps, x0 or v [default: v].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub prediction: Option<crate::PredictionType>,
-    /// The beta schedule (default: cosine for pixels, Stable Diffusion 2's scaled_linear for latents).
+    /// Beta schedule: linear (1e-4..0.02, DDPM), cosine, scaled_linear or sigmoid [default: cosine;
+    /// scaled_linear 0.00085..0.012 (Stable Diffusion 2) for a latent run].
+    #[cfg_attr(feature = "clap", arg(long = "schedule"))]
     pub beta_schedule: Option<crate::BetaSchedule>,
     /// Training timesteps.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1000))]
     pub timesteps: usize,
     /// Class-conditional, for classifier-free guidance (the dataset needs labels).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub cond: bool,
-    /// Label dropout probability of a class-conditional run.
+    /// Label dropout probability of a --cond run.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.1))]
     pub p_uncond: f64,
-    /// Min-SNR-gamma loss weighting (5 in the paper); `None`: plain MSE.
+    /// Min-SNR-gamma loss weighting (5 in the paper); off by default.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub min_snr_gamma: Option<f64>,
-    /// The EMA's decay once warmed up, and how it warms up.
+    /// The EMA's decay once warmed up.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.999))]
     pub ema_decay: f64,
+    /// How the EMA's decay grows: `power` (diffusers' EMAModel warm-up, 1 - (1 + step)^(-2/3)),
+    /// `power:P` (another power), `ratio` ((1 + step) / (10 + step)) or `off`.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "power"))]
     pub ema_warmup: EmaWarmup,
-    /// Linear learning-rate warm-up steps (0: none).
+    /// Linear learning-rate warm-up over this many steps (0: none).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 100))]
     pub lr_warmup: u64,
-    /// Gradient-norm clipping (0: none).
+    /// Clip the gradient norm to this (0: no clipping).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
     pub max_grad_norm: f64,
     /// AdamW weight decay.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.0))]
     pub weight_decay: f64,
-    /// Latent diffusion on this KL autoencoder run's latents (copied into the run directory).
+    /// Latent diffusion: train on the latents of this KL autoencoder run (`genlab vae train --model
+    /// kl-f2|kl-f4|sd15`), which is copied into OUT/autoencoder. On --resume it may be given again
+    /// only as the same path.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "RUN_DIR"))]
     pub latent_autoencoder: Option<PathBuf>,
-    /// The latent scale (default: 1 / std of encoded training batches, estimated once).
+    /// Latents are multiplied by this (default: 1 / std of encoded training batches, estimated once
+    /// when the run starts).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SCALE", requires = "latent_autoencoder"))]
     pub latent_scale: Option<f64>,
 }
 
@@ -728,4 +749,25 @@ pub fn fit(
             Ok(DiffusionTask::for_run(run, out, device)?)
         },
     )?)
+}
+
+#[cfg(all(test, feature = "clap"))]
+mod flag_tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        options: super::DiffusionTrainOptions,
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_library_defaults() {
+        assert_eq!(Flags::parse_from(["train"]).options, super::DiffusionTrainOptions::default());
+        let f = Flags::parse_from(["train", "--schedule", "linear", "--ema-warmup", "ratio", "--cond"]).options;
+        assert_eq!(
+            (f.beta_schedule, f.ema_warmup, f.cond),
+            (Some(crate::BetaSchedule::Linear), super::EmaWarmup::Ratio, true)
+        );
+    }
 }

@@ -10,17 +10,23 @@ use genlab_data::{DataSpec, Dataset};
 use std::sync::Arc;
 
 /// Settings of some kinds of GAN run beyond the preset and the [`Overrides`]; each is refused by
-/// the kinds it does not apply to.
-#[derive(Debug, Clone, Default)]
+/// the kinds it does not apply to. With the `clap` feature, their flags.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct GanTrainOptions {
-    /// The discriminator's learning rate (two time scales; default: the preset's, or the
-    /// overridden `lr`). Not for CycleGAN, whose one learning rate drives all four networks.
+    /// Discriminator learning rate (two time scales); defaults to the preset's, or to --lr when given.
+    /// Not for CycleGAN, whose one learning rate drives all four networks.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub lr_d: Option<f64>,
-    /// Super-resolution factor, 2, 4 or 8 (srgan, srresnet; default 4). Fixed once a run starts.
+    /// Super-resolution factor: 2, 4 or 8 (srgan and srresnet; default 4). Fixed once a run starts.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub scale: Option<i64>,
-    /// Pixel-only steps before the adversarial term starts (srgan; default 1000).
+    /// Pixel-only (SRResNet) steps before the adversarial term starts (srgan; default 1000).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub pretrain_steps: Option<u64>,
-    /// CycleGAN's domain B (domain A is the training data). Fixed once a run starts.
+    /// CycleGAN: domain B (domain A is --data); never paired with A in training. Fixed once a
+    /// run starts.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub data_b: Option<String>,
 }
 
