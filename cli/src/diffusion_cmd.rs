@@ -157,10 +157,8 @@ pub struct SdArgs {
     /// single-file .safetensors checkpoint.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// For a single-file --model: its structure, from a diffusers folder's configs or a preset (sd15, sd21;
-    /// default sd15).
-    #[arg(long)]
-    model_config: Option<String>,
+    #[command(flatten)]
+    load: LoadOptions,
     #[arg(long, default_value = "")]
     prompt: String,
     /// What to guide away from (empty: the unconditional text).
@@ -169,12 +167,6 @@ pub struct SdArgs {
     /// Use the text encoder's output this many layers before the last.
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
-    /// Weights in fp32, fp16 (GPU) or bf16; the autoencoder stays fp32 in fp16 where its config says so.
-    #[arg(long, default_value = "fp32")]
-    dtype: genlab_core::Precision,
-    /// Compute attention this many heads at a time (lower peak memory; 0 or absent: all at once).
-    #[arg(long)]
-    attention_slice: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -209,13 +201,8 @@ pub struct Txt2imgFlags {
 impl SdArgs {
     fn load(&self, device: tch::Device) -> Result<StableDiffusion> {
         let Some(model) = &self.model else { bail!("--model is required") };
-        let opts = LoadOptions {
-            model_config: self.model_config.clone(),
-            dtype: self.dtype,
-            attention_slice: self.attention_slice,
-        };
         let t = std::time::Instant::now();
-        let sd = StableDiffusion::open(model, &opts, device)?;
+        let sd = StableDiffusion::open(model, &self.load, device)?;
         eprintln!("loaded {} ({}) in {:.1} s", model.display(), sd.describe_size(), t.elapsed().as_secs_f64());
         Ok(sd)
     }

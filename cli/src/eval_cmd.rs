@@ -110,10 +110,16 @@ fn train_classifier(a: ClassifierArgs) -> Result<()> {
     crate::finished(outcome)?;
     let Some(test) = &a.test else { return Ok(()) };
     let read = c.data_options.read_whole();
-    let r =
-        genlab_eval::classifier::write_test_report(&c.out, test, &read, c.steps, t0.elapsed().as_secs_f64(), device)?;
+    let r = genlab_eval::classifier::write_test_report(
+        &c.harness.out,
+        test,
+        &read,
+        c.harness.steps,
+        t0.elapsed().as_secs_f64(),
+        device,
+    )?;
     println!("test accuracy {:.4} ({}/{}) on {test}", r.test_accuracy, r.correct, r.total);
-    eprintln!("wrote {}", c.out.join("eval.json").display());
+    eprintln!("wrote {}", c.harness.out.join("eval.json").display());
     Ok(())
 }
 

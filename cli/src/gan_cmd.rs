@@ -106,15 +106,8 @@ pub struct TranslateArgs {
 pub struct GanSampleArgs {
     #[command(flatten)]
     pub common: SampleArgs,
-    /// Draw every sample from this class (conditional models; default: cycle through the classes).
-    #[arg(long)]
-    pub class: Option<i64>,
-    /// StyleGAN2: the truncation trick, w_avg + psi (w - w_avg), psi in [0, 1] (1: none).
-    #[arg(long)]
-    pub truncation: Option<f64>,
-    /// StyleGAN2: one image per seed, comma-separated, instead of --n random ones.
-    #[arg(long, value_delimiter = ',')]
-    pub seeds: Option<Vec<u64>>,
+    #[command(flatten)]
+    pub request: SampleRequest,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -244,13 +237,7 @@ fn train(args: GanTrainArgs) -> Result<()> {
 
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;
-    let req = SampleRequest {
-        n: a.n,
-        seed: a.seed,
-        class: args.class,
-        truncation: args.truncation,
-        seeds: args.seeds.clone(),
-    };
+    let req = SampleRequest { n: a.n, seed: a.seed, ..args.request };
     let (imgs, labels) = genlab_gan::load::sample_run(&a.run, &req, a.device.resolve()?)?;
     genlab_core::images::save_samples(&imgs, &a.out, labels.as_deref())?;
     eprintln!("wrote {} samples to {}", imgs.size()[0], a.out.display());

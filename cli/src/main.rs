@@ -106,12 +106,8 @@ pub struct TrainArgs {
     pub data: String,
     #[command(flatten)]
     pub data_options: genlab_data::DataOptions,
-    /// Training steps (total, including steps done before a --resume).
-    #[arg(long)]
-    pub steps: u64,
-    /// Run directory: config, checkpoints, samples and metrics go here.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub harness: genlab_core::train::HarnessConfig,
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[arg(long)]
@@ -122,26 +118,9 @@ pub struct TrainArgs {
     /// fp32, bf16 or fp16 (mixed precision).
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// A TOML file of flags (`steps = 500`, `batch-size = 64`); flags given here override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Continue the run in --out from its newest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Checkpoint every N steps (and always at the end, and on Ctrl-C).
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    /// Write a sample grid every N steps (0: only at the end).
-    #[arg(long, default_value_t = 500)]
-    pub sample_every: u64,
-    /// Log metrics every N steps.
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
-    /// Hide the progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
 impl TrainArgs {
@@ -152,28 +131,12 @@ impl TrainArgs {
 
     /// `--data` and the dataset flags.
     pub fn data_spec(&self) -> Result<genlab_data::DataSpec> {
-        Ok(self.data_options.spec(&self.data, self.seed)?)
+        Ok(self.data_options.spec(&self.data, self.harness.seed)?)
     }
 
     /// The harness settings and `--device`.
     pub fn fit_options(&self) -> Result<FitOptions> {
-        Ok(FitOptions { harness: self.harness(), device: self.device.resolve()? })
-    }
-
-    pub fn harness(&self) -> genlab_core::train::HarnessConfig {
-        genlab_core::train::HarnessConfig {
-            steps: self.steps,
-            out: self.out.clone(),
-            stop: Default::default(),
-            seed: self.seed,
-            resume: self.resume,
-            checkpoint_every: self.checkpoint_every,
-            sample_every: self.sample_every,
-            log_every: self.log_every,
-            keep_checkpoints: 3,
-            n_samples: 64,
-            progress: !self.no_progress,
-        }
+        Ok(FitOptions { harness: self.harness.clone(), device: self.device.resolve()? })
     }
 }
 

@@ -1,11 +1,11 @@
 //! `genlab vae ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use genlab_vae::anomaly::Score;
 use genlab_vae::tools::{AnomalyScores, LikelihoodReport, RunOnData};
 use std::path::PathBuf;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
@@ -130,30 +130,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
-    if a.n <= 0 {
-        anyhow::bail!("--n must be at least 1");
-    }
-    let device = a.device.resolve()?;
-    if genlab_vae::train_kl::is_kl_run(&a.run)? {
-        if class.is_some() {
-            bail!("--class needs a class-conditional VAE; this is a KL autoencoder");
-        }
-        let (_vs, model, _) = genlab_vae::train_kl::load(&a.run, device)?;
-        tch::manual_seed(a.seed as i64);
-        let imgs = genlab_vae::sample::decode_random_latents(&model, a.n)?;
-        genlab_core::images::save_samples(&imgs, &a.out, None)?;
-        eprintln!("wrote {} decodes of random latents to {}", a.n, a.out.display());
-        return Ok(());
-    }
-    let (_vs, model, _) = genlab_vae::train::load(&a.run, device)?;
-    tch::manual_seed(a.seed as i64);
-    let labels = match (class, model.cfg.num_classes) {
-        (None, _) => None,
-        (Some(_), None) => bail!("--class needs a class-conditional VAE (preset cvae); this one is unconditional"),
-        (Some(c), Some(k)) if c < 0 || c >= k => bail!("--class {c} is out of range: the model has classes 0..{k}"),
-        (Some(c), Some(_)) => Some(Tensor::full([a.n], c, (Kind::Int64, device))),
-    };
-    let imgs = genlab_vae::sample::sample_prior(&model, a.n, labels.as_ref())?;
+    let imgs = genlab_vae::load::sample_run(&a.run, a.n, class, a.seed, a.device.resolve()?)?;
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
     Ok(())

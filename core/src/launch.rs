@@ -8,14 +8,19 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// How [`launch`] starts the ranks.
+/// How [`launch`] starts the ranks (with the `clap` feature, `genlab launch`'s flags).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct LaunchOptions {
-    /// Number of processes (ranks).
+    /// Number of processes (ranks); one per GPU on a GPU machine.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 2))]
     pub nproc: usize,
     /// The rendezvous port on 127.0.0.1 (default: a free port).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub master_port: Option<u16>,
-    /// Seconds a rank waits for its peers in a collective (`GENLAB_DIST_TIMEOUT`; default 300).
+    /// Seconds a rank waits for its peers in any collective before failing
+    /// (sets GENLAB_DIST_TIMEOUT for the ranks; default 300).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub dist_timeout: Option<f64>,
 }
 

@@ -79,22 +79,44 @@ pub trait TrainTask {
     }
 }
 
-/// Harness settings (the CLI's `--steps`, `--out`, `--seed`, `--resume`, ...).
+/// Harness settings (the CLI's `--steps`, `--out`, `--seed`, `--resume`, ...; with the `clap`
+/// feature, those flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct HarnessConfig {
+    /// Training steps (total, including steps done before a --resume).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub steps: u64,
+    /// Run directory: config, checkpoints, samples and metrics go here.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub out: PathBuf,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// Continue the run in --out from its newest checkpoint.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub resume: bool,
+    /// Checkpoint every N steps (and always at the end, and on Ctrl-C).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 500))]
     pub checkpoint_every: u64,
+    /// Write a sample grid every N steps (0: only at the end).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 500))]
     pub sample_every: u64,
+    /// Log metrics every N steps.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 10))]
     pub log_every: u64,
+    /// How many of the newest checkpoints to keep.
+    #[cfg_attr(feature = "clap", arg(skip = 3usize))]
     pub keep_checkpoints: usize,
+    /// Images in each sample grid.
+    #[cfg_attr(feature = "clap", arg(skip = 64i64))]
     pub n_samples: i64,
+    /// Show a progress bar.
+    #[cfg_attr(feature = "clap", arg(long = "no-progress", action = clap::ArgAction::SetFalse, help = "Hide the progress bar"))]
     pub progress: bool,
     /// Set to ask the run to save and stop; by default the process-wide token that
     /// Ctrl-C and SIGTERM set.
     #[serde(skip)]
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub stop: StopToken,
 }
 

@@ -65,16 +65,23 @@ impl ImageSampler for StyleGan2Sampler {
     }
 }
 
-/// What `genlab gan sample` draws: `n` images (or one per seed of a StyleGAN2 in `seeds`).
+/// What `genlab gan sample` draws: `n` images (or one per seed of a StyleGAN2 in `seeds`). With
+/// the `clap` feature, the flags of its settings (`n` and `seed` are the command's own).
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct SampleRequest {
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub n: i64,
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub seed: u64,
-    /// Every sample from this class (a conditional GAN; default: the classes in turn).
+    /// Draw every sample from this class (conditional models; default: cycle through the classes).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub class: Option<i64>,
-    /// StyleGAN2's truncation psi in [0, 1] (default 1: none).
+    /// StyleGAN2: the truncation trick, w_avg + psi (w - w_avg), psi in [0, 1] (1: none).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub truncation: Option<f64>,
-    /// StyleGAN2: one image per seed instead of `n` random ones.
+    /// StyleGAN2: one image per seed, comma-separated, instead of --n random ones.
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ','))]
     pub seeds: Option<Vec<u64>>,
 }
 

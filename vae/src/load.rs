@@ -79,6 +79,38 @@ impl ImageSampler for KlSampler {
     }
 }
 
+/// `n` samples of the VAE-family run at `path`, seeded by `seed`: prior samples of a VAE (all of
+/// class `class` for a conditional one, else the classes in turn), decodes of unit-variance latents
+/// of a KL autoencoder.
+pub fn sample_run(path: &Path, n: i64, class: Option<i64>, seed: u64, device: Device) -> Result<Tensor> {
+    let bad = |m: String| Err(crate::VaeError::Config(m));
+    if n <= 0 {
+        return bad("--n must be at least 1".into());
+    }
+    let (_, config) = genlab_core::run::config_json(path)?;
+    if crate::train_kl::is_kl_config(&config) {
+        if class.is_some() {
+            return bad("--class needs a class-conditional VAE; this is a KL autoencoder".into());
+        }
+        let s = KlSampler::open(path, device)?;
+        tch::manual_seed(seed as i64);
+        return crate::sample::decode_random_latents(&s.model, n);
+    }
+    let s = VaeSampler::open(path, device)?;
+    let labels = match (class, s.model.cfg.num_classes) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return bad("--class needs a class-conditional VAE (preset cvae); this one is unconditional".into())
+        }
+        (Some(c), Some(k)) if c < 0 || c >= k => {
+            return bad(format!("--class {c} is out of range: the model has classes 0..{k}"))
+        }
+        (Some(c), Some(_)) => Some(Tensor::full([n], c, (tch::Kind::Int64, device))),
+    };
+    tch::manual_seed(seed as i64);
+    crate::sample::sample_prior(&s.model, n, labels.as_ref())
+}
+
 /// The sampler for the VAE-family run at `path`, plain or KL autoencoder, whichever it is.
 pub fn open_sampler(path: &Path, device: Device) -> Result<Box<dyn ImageSampler>> {
     open_sampler_with_iwae(path, device, 100)

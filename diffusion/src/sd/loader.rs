@@ -162,14 +162,19 @@ pub fn scheduler_for_class(class: &str) -> Option<SchedulerKind> {
     })
 }
 
-/// How [`StableDiffusion::open`] loads a model.
+/// How [`StableDiffusion::open`] loads a model (with the `clap` feature, the flags for it).
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct LoadOptions {
-    /// A single file's structure: a diffusers folder's configs or a preset (sd15, sd21; default sd15).
+    /// For a single-file --model: its structure, from a diffusers folder's configs or a preset (sd15, sd21;
+    /// default sd15).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub model_config: Option<String>,
-    /// The weights' type; the autoencoder stays fp32 in fp16 where its config says so.
+    /// Weights in fp32, fp16 (GPU) or bf16; the autoencoder stays fp32 in fp16 where its config says so.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "fp32"))]
     pub dtype: Precision,
-    /// Attention this many heads at a time (lower peak memory; `None` or 0: all at once).
+    /// Compute attention this many heads at a time (lower peak memory; 0 or absent: all at once).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub attention_slice: Option<i64>,
 }
 
