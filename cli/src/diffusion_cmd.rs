@@ -3,7 +3,7 @@ use crate::{SampleArgs, TrainArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use genlab_core::DeviceSpec;
-use genlab_diffusion::load::{DiffusionRun, SampleOptions};
+use genlab_diffusion::load::{DiffusionRun, SampleOptions, SampleSettings};
 use genlab_diffusion::sample::{read_image, read_mask, RePaint};
 use genlab_diffusion::sd::{GenerateOptions, LoadOptions, StableDiffusion};
 use genlab_diffusion::train::{DiffusionTrainOptions, Weights};
@@ -74,15 +74,8 @@ impl Guidance {
 pub struct SampleFlags {
     #[command(flatten)]
     common: SampleArgs,
-    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own, which it uses for its sample grids).
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Sampling steps (default: the run's own).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Sample from the EMA weights (`ema`) or the trained weights (`raw`).
-    #[arg(long, default_value = "ema")]
-    weights: String,
+    #[command(flatten)]
+    settings: SampleSettings,
     #[command(flatten)]
     guidance: Guidance,
 }
@@ -266,7 +259,7 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
 
 fn train(f: TrainFlags) -> Result<()> {
     let (a, fit) = (&f.common, genlab_diffusion::train::fit);
-    crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides(), &f.extra, &a.fit_options()?)?)
+    crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides, &f.extra, &a.fit_options()?)?)
 }
 
 fn sample_cmd(f: SampleFlags) -> Result<()> {
@@ -274,12 +267,7 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     if a.n <= 0 {
         bail!("--n must be at least 1");
     }
-    let device = a.device.resolve()?;
-    let mut run = DiffusionRun::open(&a.run, f.weights.parse::<Weights>()?, device)?;
-    if let Some(s) = &f.sampler {
-        run.options.scheduler = s.parse()?;
-    }
-    run.options.steps = f.steps.unwrap_or(run.options.steps);
+    let mut run = DiffusionRun::open_with(&a.from.run, &f.settings, a.from.device.resolve()?)?;
     run.options = f.guidance.options(run.options);
     let (kind, steps) = (run.options.scheduler, run.options.steps);
     tch::manual_seed(a.seed as i64);
@@ -287,12 +275,10 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     let imgs = run.sample_with(a.n, &run.options)?;
     let secs = t0.elapsed().as_secs_f64();
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
+    let (n, out, w) = (a.n, a.out.display(), f.settings.weights);
     eprintln!(
-        "wrote {} samples ({kind}, {steps} steps, {} weights) to {} in {secs:.1} s ({:.4} s/image)",
-        a.n,
-        f.weights,
-        a.out.display(),
-        secs / a.n as f64
+        "wrote {n} samples ({kind}, {steps} steps, {w} weights) to {out} in {secs:.1} s ({:.4} s/image)",
+        secs / n as f64
     );
     Ok(())
 }

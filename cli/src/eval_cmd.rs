@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use genlab_core::run::{ImageSampler, RunId};
 use genlab_core::DeviceSpec;
 use genlab_data::DataOptions;
-use genlab_diffusion::load::DiffusionRun;
+use genlab_diffusion::load::{DiffusionRun, SampleSettings};
 use genlab_eval::evaluate::{evaluate_file, evaluate_sampler, EvalOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,15 +71,9 @@ struct EvalArgs {
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Diffusion runs: ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own).
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Diffusion runs: sampling steps (default: the run's own).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Diffusion runs: sample from the EMA weights (`ema`) or the trained ones (`raw`).
-    #[arg(long, default_value = "ema")]
-    weights: String,
+    /// Diffusion runs: the weights, scheduler and steps to sample with.
+    #[command(flatten)]
+    diffusion: SampleSettings,
     /// VAE runs: importance samples for the IWAE bound (reported on up to 1000 reference images).
     #[arg(long, default_value_t = 100)]
     iwae_k: usize,
@@ -103,23 +97,15 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 fn train_classifier(a: ClassifierArgs) -> Result<()> {
-    let c = &a.common;
-    let device = c.device.resolve()?;
-    let t0 = Instant::now();
-    let outcome = genlab_eval::classifier::fit(&c.model, &c.data_spec()?, &c.overrides(), &c.fit_options()?)?;
-    crate::finished(outcome)?;
+    let (c, t0) = (&a.common, Instant::now());
+    let opts = c.fit_options()?;
+    crate::finished(genlab_eval::classifier::fit(&c.model, &c.data_spec()?, &c.overrides, &opts)?)?;
     let Some(test) = &a.test else { return Ok(()) };
-    let read = c.data_options.read_whole();
-    let r = genlab_eval::classifier::write_test_report(
-        &c.harness.out,
-        test,
-        &read,
-        c.harness.steps,
-        t0.elapsed().as_secs_f64(),
-        device,
-    )?;
+    let (read, (out, steps)) = (c.data_options.read_whole(), (&opts.harness.out, opts.harness.steps));
+    let secs = t0.elapsed().as_secs_f64();
+    let r = genlab_eval::classifier::write_test_report(out, test, &read, steps, secs, opts.device)?;
     println!("test accuracy {:.4} ({}/{}) on {test}", r.test_accuracy, r.correct, r.total);
-    eprintln!("wrote {}", c.harness.out.join("eval.json").display());
+    eprintln!("wrote {}", out.join("eval.json").display());
     Ok(())
 }
 
@@ -127,20 +113,13 @@ fn train_classifier(a: ClassifierArgs) -> Result<()> {
 fn open_sampler(e: &EvalArgs, run: &Path, device: Device) -> Result<(Box<dyn ImageSampler>, RunId)> {
     let (_, config) = genlab_core::run::config_json(run)?;
     let id = RunId::of_config(&config);
-    if id.family != genlab_diffusion::train::FAMILY && (e.sampler.is_some() || e.steps.is_some()) {
+    if id.family != genlab_diffusion::train::FAMILY && (e.diffusion.sampler.is_some() || e.diffusion.steps.is_some()) {
         bail!("--sampler and --steps apply to diffusion runs; {} is a `{id}` run", run.display());
     }
     let sampler: Box<dyn ImageSampler> = match id.family.as_str() {
         genlab_vae::train::FAMILY => genlab_vae::load::open_sampler_with_iwae(run, device, e.iwae_k)?,
         genlab_gan::train::FAMILY => genlab_gan::load::open_sampler(run, device)?,
-        genlab_diffusion::train::FAMILY => {
-            let mut d = DiffusionRun::open(run, e.weights.parse()?, device)?;
-            if let Some(s) = &e.sampler {
-                d.options.scheduler = s.parse()?;
-            }
-            d.options.steps = e.steps.unwrap_or(d.options.steps);
-            Box::new(d)
-        }
+        genlab_diffusion::train::FAMILY => Box::new(DiffusionRun::open_with(run, &e.diffusion, device)?),
         _ => bail!("{}: a `{id}` run has no sampler; expected a vae, gan or diffusion run", run.display()),
     };
     Ok((sampler, id))
@@ -174,8 +153,8 @@ fn evaluate(e: EvalArgs) -> Result<()> {
             source.insert("family".into(), id.family.clone().into());
             let mut settings = serde_json::Map::new();
             if id.family == genlab_diffusion::train::FAMILY {
-                settings.insert("sampler".into(), e.sampler.clone().into());
-                settings.insert("steps".into(), e.steps.into());
+                settings.insert("sampler".into(), e.diffusion.sampler.map(|k| k.to_string()).into());
+                settings.insert("steps".into(), e.diffusion.steps.into());
             }
             evaluate_sampler(sampler.as_mut(), n, source, settings, &opts)?
         }

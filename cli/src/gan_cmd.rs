@@ -67,9 +67,8 @@ pub struct GanTrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TranslateArgs {
-    /// CycleGAN run directory (its newest checkpoint) or a checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// a2b (G_A) or b2a (G_B).
     #[arg(long, default_value = "a2b")]
     pub direction: String,
@@ -95,8 +94,6 @@ pub struct TranslateArgs {
     /// --eval: also write the numbers as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
@@ -112,9 +109,8 @@ pub struct GanSampleArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct StyleMixArgs {
-    /// StyleGAN2 run directory or checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// Seeds of the rows (whose styles are kept outside --styles).
     #[arg(long, value_delimiter = ',', required = true)]
     pub rows: Vec<u64>,
@@ -130,15 +126,12 @@ pub struct StyleMixArgs {
     /// PNG grid.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct InterpolateArgs {
-    /// StyleGAN2 run directory or checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// Two or more seeds: the path goes through their latents in order.
     #[arg(long, value_delimiter = ',', required = true)]
     pub seeds: Vec<u64>,
@@ -151,21 +144,16 @@ pub struct InterpolateArgs {
     /// PNG grid (one row per segment) or .h5.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct UpscaleArgs {
-    /// Super-resolution run directory (its newest checkpoint) or a checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// A PNG or JPEG image (greyscale for a 1-channel model, colour for 3), or an HDF5 file of images.
     pub input: PathBuf,
     /// A .png for an image input, a .h5 for an HDF5 input.
     pub output: PathBuf,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
     /// Images per forward pass (HDF5 input).
     #[arg(long, default_value_t = 256)]
     pub chunk: usize,
@@ -173,9 +161,8 @@ pub struct UpscaleArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SrEvalArgs {
-    /// Super-resolution run directory (its newest checkpoint) or a checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// High-resolution images: each is downscaled as in training, then upscaled and compared with itself.
     #[arg(long, help = crate::data_cmd::DATASET_HELP)]
     pub data: String,
@@ -190,8 +177,6 @@ pub struct SrEvalArgs {
     /// Also write a PNG grid of the first 8 images: bicubic | model | original on each row.
     #[arg(long)]
     pub grid: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
     /// Images per forward pass.
     #[arg(long, default_value_t = 250)]
     pub chunk: usize,
@@ -199,9 +184,8 @@ pub struct SrEvalArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AugmentArgs {
-    /// Class-conditional run directory (e.g. trained with --model cgan) or a checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     /// Images per class.
     #[arg(long)]
     pub per_class: usize,
@@ -213,8 +197,6 @@ pub struct AugmentArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
 }
 
 pub fn run(cmd: GanCommand) -> Result<()> {
@@ -232,26 +214,24 @@ pub fn run(cmd: GanCommand) -> Result<()> {
 
 fn train(args: GanTrainArgs) -> Result<()> {
     let a = &args.common;
-    crate::finished(genlab_gan::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &args.extra, &a.fit_options()?)?)
+    crate::finished(genlab_gan::fit::fit(&a.model, &a.data_spec()?, &a.overrides, &args.extra, &a.fit_options()?)?)
 }
 
 fn sample(args: GanSampleArgs) -> Result<()> {
     let a = &args.common;
     let req = SampleRequest { n: a.n, seed: a.seed, ..args.request };
-    let (imgs, labels) = genlab_gan::load::sample_run(&a.run, &req, a.device.resolve()?)?;
+    let (imgs, labels) = genlab_gan::load::sample_run(&a.from.run, &req, a.from.device.resolve()?)?;
     genlab_core::images::save_samples(&imgs, &a.out, labels.as_deref())?;
     eprintln!("wrote {} samples to {}", imgs.size()[0], a.out.display());
     Ok(())
 }
 
 fn style_mix(a: StyleMixArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
+    let device = a.from.device.resolve()?;
+    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.from.run, device)?;
     let range = style_tools::parse_style_range(&a.styles, g.num_ws())?;
     let grid = style_tools::style_mixing_grid(&g, &a.rows, &a.cols, range, a.truncation, NoiseMode::Const)?;
-    let tiles = genlab_core::images::to_u8(&grid.images);
-    let png = genlab_core::images::make_grid(&tiles, grid.ncol, 1)?;
-    genlab_core::images::save_png(&png, &a.out)?;
+    crate::save_grid(&grid.images, grid.ncol, 1, &a.out)?;
     eprintln!("wrote a {}x{} style-mixing grid to {}", a.rows.len() + 1, a.cols.len() + 1, a.out.display());
     Ok(())
 }
@@ -260,13 +240,11 @@ fn interpolate(a: InterpolateArgs) -> Result<()> {
     if a.steps < 2 {
         bail!("--steps must be at least 2 (both ends of each segment)");
     }
-    let device = a.device.resolve()?;
-    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.run, device)?;
+    let device = a.from.device.resolve()?;
+    let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.from.run, device)?;
     let imgs = style_tools::interpolate_w(&g, &a.seeds, a.steps, a.truncation, NoiseMode::Const)?;
     if a.out.extension().is_some_and(|e| e == "png") {
-        let tiles = genlab_core::images::to_u8(&imgs);
-        let png = genlab_core::images::make_grid(&tiles, a.steps, 1)?;
-        genlab_core::images::save_png(&png, &a.out)?;
+        crate::save_grid(&imgs, a.steps, 1, &a.out)?;
     } else {
         genlab_core::images::save_samples(&imgs, &a.out, None)?;
     }
@@ -275,66 +253,46 @@ fn interpolate(a: InterpolateArgs) -> Result<()> {
 }
 
 fn upscale(a: UpscaleArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
+    let (_vs, model, _) = genlab_gan::sr::train::load(&a.from.run, a.from.device.resolve()?)?;
     let s = genlab_gan::sr::upscale::upscale_file(&model, &a.input, &a.output, a.chunk)?;
-    let shape = |v: [i64; 3]| format!("{}x{}x{}", v[0], v[1], v[2]);
-    eprintln!(
-        "upscaled {} image{} x{} ({} -> {}) to {}",
-        s.images,
-        if s.images == 1 { "" } else { "s" },
-        model.cfg.scale,
-        shape(s.input_shape),
-        shape(s.output_shape),
-        a.output.display()
-    );
+    eprintln!("upscaled {s} to {}", a.output.display());
     Ok(())
 }
 
 fn sr_eval(a: SrEvalArgs) -> Result<()> {
-    let device = a.device.resolve()?;
+    let device = a.from.device.resolve()?;
     let ds = a.data_options.open(&a.data, 0)?;
-    let e = genlab_gan::load::sr_evaluation(&a.run, ds.as_ref(), a.n, a.chunk, device)?;
+    let e = genlab_gan::load::sr_evaluation(&a.from.run, ds.as_ref(), a.n, a.chunk, device)?;
     print!("{e}");
     crate::write_json(a.json.as_deref(), &e)?;
     if let Some(path) = &a.grid {
-        let (_vs, model, _) = genlab_gan::sr::train::load(&a.run, device)?;
+        let (_vs, model, _) = genlab_gan::sr::train::load(&a.from.run, device)?;
         let rows = genlab_gan::sr::upscale::comparison(&model, ds.as_ref(), 8)?;
-        let u8s = genlab_core::images::to_u8(&rows);
-        genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, 3, 2)?, path)?;
+        crate::save_grid(&rows, 3, 2, path)?;
         eprintln!("wrote bicubic | model | original rows to {}", path.display());
     }
     Ok(())
 }
 
 fn augment(a: AugmentArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let (_vs, generator, _) = genlab_gan::train::load(&a.run, device)?;
+    let device = a.from.device.resolve()?;
+    let (_vs, generator, _) = genlab_gan::train::load(&a.from.run, device)?;
     if generator.cfg.num_classes.is_none() {
-        bail!("augment needs a class-conditional model (e.g. --model cgan); {} is unconditional", a.run.display());
+        bail!("augment needs a class-conditional model (e.g. --model cgan); {} is unconditional", a.from.run.display());
     }
     if a.per_class == 0 {
         bail!("--per-class must be at least 1");
     }
     tch::manual_seed(a.seed as i64);
     let s = genlab_gan::augment::augment(&generator, a.per_class, a.classes.as_deref(), &a.out, 256)?;
-    eprintln!(
-        "wrote {} images ({} per class, classes {:?}) of {}x{}x{} with labels to {}",
-        s.images,
-        s.per_class,
-        s.classes,
-        s.image_shape[0],
-        s.image_shape[1],
-        s.image_shape[2],
-        a.out.display()
-    );
+    eprintln!("wrote {s} with labels to {}", a.out.display());
     Ok(())
 }
 
 fn translate(a: TranslateArgs) -> Result<()> {
     let direction: Direction = a.direction.parse()?;
-    let device = a.device.resolve()?;
-    let g = genlab_gan::cyclegan::train::load(&a.run, device)?;
+    let device = a.from.device.resolve()?;
+    let g = genlab_gan::cyclegan::train::load(&a.from.run, device)?;
     if a.eval {
         if a.input.is_some() || a.output.is_some() {
             bail!("--eval reads --data-a and --data-b; give no IN/OUT files with it");
@@ -345,7 +303,7 @@ fn translate(a: TranslateArgs) -> Result<()> {
         let (ds_a, ds_b) = (a.data_options.open(name_a, 0)?, a.data_options.open(name_b, 0)?);
         let evaluate = genlab_gan::cyclegan::translate::evaluate;
         let e = evaluate(&g, ds_a.as_ref(), name_a, ds_b.as_ref(), name_b, a.n, a.chunk)?;
-        let e = CycleEvaluation { run: Some(a.run.display().to_string()), ..e };
+        let e = CycleEvaluation { run: Some(a.from.run.display().to_string()), ..e };
         print!("{e}");
         return crate::write_json(a.json.as_deref(), &e);
     }

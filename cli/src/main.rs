@@ -14,7 +14,7 @@ mod vae_cmd;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use genlab_core::run::FitOptions;
-use genlab_core::{DeviceSpec, Precision};
+use genlab_core::DeviceSpec;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -108,27 +108,17 @@ pub struct TrainArgs {
     pub data_options: genlab_data::DataOptions,
     #[command(flatten)]
     pub harness: genlab_core::train::HarnessConfig,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub lr: Option<f64>,
+    #[command(flatten)]
+    pub overrides: genlab_core::run::Overrides,
     /// auto, cpu, cuda, cuda:N or mps.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// fp32, bf16 or fp16 (mixed precision).
-    #[arg(long, default_value = "fp32")]
-    pub precision: Precision,
     /// A TOML file of flags (`steps = 500`, `batch-size = 64`); flags given here override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
 impl TrainArgs {
-    /// `--lr`, `--batch-size` and `--precision`.
-    pub fn overrides(&self) -> genlab_core::run::Overrides {
-        genlab_core::run::Overrides { lr: self.lr, batch_size: self.batch_size, precision: Some(self.precision) }
-    }
-
     /// `--data` and the dataset flags.
     pub fn data_spec(&self) -> Result<genlab_data::DataSpec> {
         Ok(self.data_options.spec(&self.data, self.harness.seed)?)
@@ -158,12 +148,27 @@ pub fn finished(out: genlab_core::train::Outcome) -> Result<()> {
     Ok(())
 }
 
-/// Flags shared by every family's `sample`.
+/// A trained run and the device to load it on.
 #[derive(Args, Debug, Clone)]
-pub struct SampleArgs {
+pub struct RunArgs {
     /// Run directory (its newest checkpoint) or a checkpoint folder.
     #[arg(long)]
     pub run: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+/// Images in [-1, 1] as a PNG grid of `ncol` columns with `pad` pixels between tiles.
+pub fn save_grid(images: &tch::Tensor, ncol: i64, pad: i64, out: &std::path::Path) -> Result<()> {
+    let tiles = genlab_core::images::to_u8(images);
+    Ok(genlab_core::images::save_png(&genlab_core::images::make_grid(&tiles, ncol, pad)?, out)?)
+}
+
+/// Flags shared by every family's `sample`.
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub from: RunArgs,
     /// Number of samples.
     #[arg(long, default_value_t = 64)]
     pub n: i64,
@@ -172,8 +177,6 @@ pub struct SampleArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceSpec,
 }
 
 /// Printing commands end quietly when their reader goes away (`genlab info RUN | head`)
@@ -260,4 +263,14 @@ fn join_group(training: bool) -> Result<Option<Arc<genlab_core::dist::ProcessGro
     }
     let opts = genlab_core::dist::DistOptions::from_env()?;
     Ok(Some(genlab_core::dist::init(&env, opts)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_and_flag_is_well_formed() {
+        use clap::CommandFactory;
+        // Builds every subcommand: duplicate flag names, bad defaults and conflicting groups panic here.
+        super::Cli::command().debug_assert();
+    }
 }

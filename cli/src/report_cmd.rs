@@ -6,17 +6,7 @@ use std::path::{Path, PathBuf};
 /// Write the HTML report of the run in `run` to `out` (default: `RUN/report.html`).
 pub fn report(run: &Path, out: Option<PathBuf>) -> Result<()> {
     let out = out.unwrap_or_else(|| run.join("report.html"));
-    let s = genlab_core::report::write_report(run, &out)?;
-    println!(
-        "wrote {} ({} curves, {} sample grids, {} checkpoints)",
-        s.out.display(),
-        s.plots.len(),
-        s.samples.len(),
-        s.checkpoints
-    );
-    for m in &s.missing {
-        println!("  note: {m}");
-    }
+    println!("{}", genlab_core::report::write_report(run, &out)?);
     Ok(())
 }
 

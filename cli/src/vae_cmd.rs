@@ -1,11 +1,10 @@
 //! `genlab vae ...`
 use crate::{SampleArgs, TrainArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use genlab_vae::anomaly::Score;
-use genlab_vae::tools::{AnomalyScores, LikelihoodReport, RunOnData};
+use genlab_vae::tools::{AnomalyScores, IndexPairs, LikelihoodReport, RunOnData};
 use std::path::PathBuf;
-use tch::Tensor;
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
@@ -44,7 +43,7 @@ pub enum VaeCommand {
         eval: EvalArgs,
         /// Index pairs A:B, comma-separated (one grid row each).
         #[arg(long, default_value = "0:1")]
-        pairs: String,
+        pairs: IndexPairs,
         #[arg(long, default_value_t = 10)]
         steps: i64,
         /// Linear instead of spherical interpolation.
@@ -117,7 +116,7 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
         VaeCommand::Train(a) => train(a),
         VaeCommand::Sample { common, class } => sample(common, class),
         VaeCommand::Reconstruct { eval, out } => reconstruct(eval, out),
-        VaeCommand::Interpolate { eval, pairs, steps, linear, out } => interpolate(eval, &pairs, steps, linear, out),
+        VaeCommand::Interpolate { eval, pairs, steps, linear, out } => interpolate(eval, pairs, steps, linear, out),
         VaeCommand::Anomaly { eval, score, anomalous_class, out } => anomaly(eval, score, anomalous_class, out),
         VaeCommand::Embed { eval, out, probe_test } => embed(eval, out, probe_test),
         VaeCommand::Impute { eval, mask, iters, out } => impute(eval, &mask, iters, out),
@@ -126,11 +125,11 @@ pub fn run(cmd: VaeCommand) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    crate::finished(genlab_vae::fit::fit(&a.model, &a.data_spec()?, &a.overrides(), &a.fit_options()?)?)
+    crate::finished(genlab_vae::fit::fit(&a.model, &a.data_spec()?, &a.overrides, &a.fit_options()?)?)
 }
 
 fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
-    let imgs = genlab_vae::load::sample_run(&a.run, a.n, class, a.seed, a.device.resolve()?)?;
+    let imgs = genlab_vae::load::sample_run(&a.from.run, a.n, class, a.seed, a.from.device.resolve()?)?;
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
     Ok(())
@@ -139,9 +138,8 @@ fn sample(a: SampleArgs, class: Option<i64>) -> Result<()> {
 /// What the VAE tools read: a trained run and a dataset.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Run directory (its newest checkpoint) or a checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub from: crate::RunArgs,
     #[arg(long, help = crate::data_cmd::DATASET_HELP)]
     pub data: String,
     #[command(flatten)]
@@ -151,8 +149,6 @@ pub struct EvalArgs {
     pub n: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: genlab_core::DeviceSpec,
     /// Images per forward pass.
     #[arg(long, default_value_t = 500)]
     pub chunk: usize,
@@ -163,40 +159,27 @@ impl EvalArgs {
     fn open(&self, data: Option<&str>, n: Option<usize>) -> Result<RunOnData> {
         let name = data.unwrap_or(&self.data);
         let ds = self.data_options.open(name, self.seed)?;
-        let r = RunOnData::open(&self.run, ds, name, n, self.device.resolve()?)?;
+        let r = RunOnData::open(&self.from.run, ds, name, n, self.from.device.resolve()?)?;
         tch::manual_seed(self.seed as i64);
         Ok(r)
     }
-}
-
-/// A PNG grid of `rows` (images in [-1, 1]), `ncol` to a row.
-fn save_grid(rows: &Tensor, ncol: i64, out: &std::path::Path) -> Result<()> {
-    let u8s = genlab_core::images::to_u8(rows);
-    Ok(genlab_core::images::save_png(&genlab_core::images::make_grid(&u8s, ncol, 2)?, out)?)
 }
 
 fn reconstruct(e: EvalArgs, out: PathBuf) -> Result<()> {
     let ds = e.data_options.open(&e.data, e.seed)?;
     let n = e.n.unwrap_or(16);
     tch::manual_seed(e.seed as i64);
-    let rows = genlab_vae::tools::reconstructions(&e.run, ds, &e.data, n, e.device.resolve()?)?;
+    let rows = genlab_vae::tools::reconstructions(&e.from.run, ds, &e.data, n, e.from.device.resolve()?)?;
     let n = rows.size()[0] / 2;
-    save_grid(&rows, n, &out)?;
+    crate::save_grid(&rows, n, 2, &out)?;
     eprintln!("wrote {n} originals and reconstructions to {}", out.display());
     Ok(())
 }
 
-fn interpolate(e: EvalArgs, pairs: &str, steps: i64, linear: bool, out: PathBuf) -> Result<()> {
-    let pairs = pairs
-        .split(',')
-        .map(|p| {
-            let (a, b) = p.split_once(':').context("--pairs takes A:B index pairs, e.g. 0:17,3:40")?;
-            Ok((a.trim().parse()?, b.trim().parse()?))
-        })
-        .collect::<Result<Vec<(usize, usize)>>>()?;
-    let rows = genlab_vae::tools::interpolation_rows(&e.open(None, e.n)?, &pairs, steps, !linear)?;
-    save_grid(&rows, steps, &out)?;
-    eprintln!("wrote {} interpolation rows to {}", pairs.len(), out.display());
+fn interpolate(e: EvalArgs, pairs: IndexPairs, steps: i64, linear: bool, out: PathBuf) -> Result<()> {
+    let rows = genlab_vae::tools::interpolation_rows(&e.open(None, e.n)?, &pairs.0, steps, !linear)?;
+    crate::save_grid(&rows, steps, 2, &out)?;
+    eprintln!("wrote {} interpolation rows to {}", pairs.0.len(), out.display());
     Ok(())
 }
 
@@ -226,7 +209,7 @@ fn embed(e: EvalArgs, out: PathBuf, probe_test: Option<String>) -> Result<()> {
 fn impute(e: EvalArgs, mask: &str, iters: usize, out: PathBuf) -> Result<()> {
     let spec: genlab_vae::tools::MaskSpec = mask.parse()?;
     let report = genlab_vae::tools::impute_missing(&e.open(None, e.n)?, &spec, iters, e.chunk, e.seed)?;
-    save_grid(&report.grid_rows, report.grid_rows.size()[0] / 3, &out)?;
+    crate::save_grid(&report.grid_rows, report.grid_rows.size()[0] / 3, 2, &out)?;
     println!("imputation MSE on the missing pixels ([-1, 1] scale), {} images, mask {mask}: {report}", report.images);
     eprintln!("wrote originals, masked inputs and imputations to {}", out.display());
     Ok(())

@@ -36,6 +36,15 @@ pub struct ReportSummary {
     pub missing: Vec<String>,
 }
 
+impl std::fmt::Display for ReportSummary {
+    /// "wrote OUT (3 curves, 4 sample grids, 2 checkpoints)" and a note per thing missing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, s, c) = (self.plots.len(), self.samples.len(), self.checkpoints);
+        write!(f, "wrote {} ({p} curves, {s} sample grids, {c} checkpoints)", self.out.display())?;
+        self.missing.iter().try_for_each(|m| write!(f, "\n  note: {m}"))
+    }
+}
+
 /// A file that may be absent or unreadable.
 #[derive(Debug, Clone)]
 enum Loaded<T> {

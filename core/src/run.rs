@@ -129,12 +129,19 @@ pub fn open_checkpoint<R: RunKind>(path: &Path) -> Result<(crate::checkpoint::Ch
 /// The training settings every family takes on top of its preset: the CLI's `--lr`,
 /// `--batch-size` and `--precision`, or the same keys in a TOML file (`lr = 1e-3`,
 /// `batch-size = 64`, `precision = "bf16"`). `None` keeps the preset's value.
+/// With the `clap` feature, the flags `--lr`, `--batch-size` and `--precision`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct Overrides {
-    /// The learning rate (both networks' for a GAN).
+    /// The learning rate (both networks' for a GAN; default: the preset's).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub lr: Option<f64>,
+    /// Images per step (default: the preset's).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub batch_size: Option<usize>,
+    /// fp32, bf16 or fp16 (mixed precision; default: the preset's, fp32).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub precision: Option<crate::Precision>,
 }
 

@@ -10,6 +10,23 @@ use genlab_core::run::ImageSampler;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
+/// Which weights, scheduler and steps to sample a run with (default: EMA weights, the run's own
+/// scheduler and steps). With the `clap` feature, the flags of `genlab diffusion sample` and of
+/// `genlab eval` for diffusion runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SampleSettings {
+    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own, which it uses for its sample grids).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub sampler: Option<SchedulerKind>,
+    /// Sampling steps (default: the run's own).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub steps: Option<usize>,
+    /// Sample from the EMA weights (`ema`) or the trained weights (`raw`).
+    #[cfg_attr(feature = "clap", arg(long, default_value = "ema"))]
+    pub weights: Weights,
+}
+
 /// How to sample a diffusion run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleOptions {
@@ -45,6 +62,14 @@ impl DiffusionRun {
             class: None,
         };
         Ok(DiffusionRun { net, run, ae, weights, path: path.to_path_buf(), options })
+    }
+
+    /// [`DiffusionRun::open`] with the weights, and the scheduler and steps where given, of `settings`.
+    pub fn open_with(path: &Path, settings: &SampleSettings, device: Device) -> Result<Self> {
+        let mut run = Self::open(path, settings.weights, device)?;
+        run.options.scheduler = settings.sampler.unwrap_or(run.options.scheduler);
+        run.options.steps = settings.steps.unwrap_or(run.options.steps);
+        Ok(run)
     }
 
     /// `n` images in [-1, 1] sampled with `opts`, decoded from latents for a latent run.

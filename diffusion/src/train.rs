@@ -61,6 +61,15 @@ pub enum Weights {
     Raw,
 }
 
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Weights::Ema => "ema",
+            Weights::Raw => "raw",
+        })
+    }
+}
+
 impl Weights {
     /// The checkpoint group holding these weights.
     pub fn group(self) -> &'static str {

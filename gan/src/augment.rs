@@ -20,6 +20,14 @@ pub struct AugmentSummary {
     pub image_shape: [i64; 3],
 }
 
+impl std::fmt::Display for AugmentSummary {
+    /// "5000 images (500 per class, classes [0, 1, ...]) of 1x28x28".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [c, h, w] = self.image_shape;
+        write!(f, "{} images ({} per class, classes {:?}) of {c}x{h}x{w}", self.images, self.per_class, self.classes)
+    }
+}
+
 /// Write `per_class` samples of each class in `classes` (every class of the model when None)
 /// to the HDF5 file `out`, class by class, `chunk` images per generator call. The samples come
 /// from libtorch's global generator, so seed it first for a reproducible file.

@@ -98,6 +98,22 @@ pub fn reconstructions(run: &Path, ds: Arc<dyn Dataset>, name: &str, n: usize, d
     Ok(Tensor::cat(&[x, rec], 0))
 }
 
+/// Pairs of image indices, `A:B,C:D` as text (`genlab vae interpolate --pairs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPairs(pub Vec<(usize, usize)>);
+
+impl std::str::FromStr for IndexPairs {
+    type Err = VaeError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || VaeError::Config(format!("`{s}`: pairs are A:B image indices, comma-separated, e.g. 0:17,3:40"));
+        let pair = |p: &str| -> Option<(usize, usize)> {
+            let (a, b) = p.split_once(':')?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        };
+        s.split(',').map(|p| pair(p).ok_or_else(bad)).collect::<Result<_>>().map(IndexPairs)
+    }
+}
+
 /// One row of `steps` decoded images per pair of image indices, along the latent path between
 /// the pair's posterior means (spherical or linear).
 pub fn interpolation_rows(r: &RunOnData, pairs: &[(usize, usize)], steps: i64, spherical: bool) -> Result<Tensor> {
@@ -370,6 +386,8 @@ mod tests {
         assert_eq!("box:0.25".parse::<MaskSpec>().unwrap(), MaskSpec::Box(0.25));
         assert_eq!("random:0.8".parse::<MaskSpec>().unwrap(), MaskSpec::Random(0.8));
         assert_eq!("holes.png".parse::<MaskSpec>().unwrap(), MaskSpec::File("holes.png".into()));
+        assert_eq!("0:4, 7:1".parse::<IndexPairs>().unwrap(), IndexPairs(vec![(0, 4), (7, 1)]));
+        assert!("0-4".parse::<IndexPairs>().unwrap_err().to_string().contains("A:B"));
         let e = "random:lots".parse::<MaskSpec>().unwrap_err().to_string();
         assert!(e.contains("random:lots") && e.contains("number"), "{e}");
     }

@@ -79,6 +79,22 @@ pub struct UpscaleSummary {
     pub output_shape: [i64; 3],
 }
 
+impl std::fmt::Display for UpscaleSummary {
+    /// "3 images x2 (1x28x28 -> 1x56x56)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shape = |v: [i64; 3]| format!("{}x{}x{}", v[0], v[1], v[2]);
+        let plural = if self.images == 1 { "" } else { "s" };
+        let scale = self.output_shape[1] / self.input_shape[1].max(1);
+        write!(
+            f,
+            "{} image{plural} x{scale} ({} -> {})",
+            self.images,
+            shape(self.input_shape),
+            shape(self.output_shape)
+        )
+    }
+}
+
 /// Upscale the image file `input` into `output`: a PNG/JPEG image to a PNG, or an HDF5 file of
 /// images (genlab's layout: `images` N x C x H x W, optional `labels`, which are copied) to an
 /// HDF5 file. `chunk` images go through the generator at a time.
