@@ -164,3 +164,40 @@ fn read_config_refuses_a_run_of_another_kind_with_the_typed_error() {
     .unwrap();
     assert!(matches!(&e, CoreError::WrongRunKind(w) if w.expected.family == "vae"), "{e:?}");
 }
+
+#[test]
+fn each_family_trains_from_a_preset_and_a_dataset_in_one_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = genlab_data::DataOptions { per_class: Some(20), ..Default::default() }.spec(DATA, 0).unwrap();
+    let opts = |dir: &str, steps: u64, resume: bool| FitOptions {
+        harness: HarnessConfig {
+            progress: false,
+            sample_every: 0,
+            resume,
+            ..HarnessConfig::new(tmp.path().join(dir), steps)
+        },
+        device: Device::Cpu,
+    };
+    let small = Overrides { batch_size: Some(16), ..Default::default() };
+
+    // A KL autoencoder preset trains that kind of run; a resume keeps it (the preset named then does not matter).
+    let out = genlab_vae::fit::fit("kl-f2", &data, &small, &opts("kl", 2, false)).unwrap();
+    assert_eq!((out.status, out.step), (Status::Finished, 2));
+    let out = genlab_vae::fit::fit("mlp", &data, &small, &opts("kl", 4, true)).unwrap();
+    assert_eq!(out.step, 4);
+    assert!(read_config::<genlab_vae::train_kl::KlRunConfig>(&tmp.path().join("kl")).is_ok());
+
+    // GAN-family settings are refused by the kinds they do not apply to, before anything is written.
+    let sr_only = genlab_gan::fit::GanTrainOptions { scale: Some(2), ..Default::default() };
+    let e = genlab_gan::fit::fit("dcgan", &data, &small, &sr_only, &opts("gan", 2, false)).unwrap_err();
+    assert!(e.to_string().contains("--scale") && !tmp.path().join("gan").exists(), "{e}");
+    let extra = genlab_gan::fit::GanTrainOptions { lr_d: Some(1e-3), ..Default::default() };
+    genlab_gan::fit::fit("dcgan", &data, &small, &extra, &opts("gan", 2, false)).unwrap();
+    assert_eq!(read_config::<genlab_gan::train::GanRunConfig>(&tmp.path().join("gan")).unwrap().lr_d, 1e-3);
+
+    // Diffusion with its options; a labelled dataset makes --cond possible.
+    let cond = genlab_diffusion::train::DiffusionTrainOptions { cond: true, timesteps: 100, ..Default::default() };
+    genlab_diffusion::train::fit("unet-tiny", &data, &small, &cond, &opts("ddpm", 2, false)).unwrap();
+    let run = read_config::<genlab_diffusion::train::DiffusionRunConfig>(&tmp.path().join("ddpm")).unwrap();
+    assert_eq!((run.unet.num_class_embeds, run.schedule.num_train_timesteps, run.batch_size), (Some(11), 100, 16));
+}
