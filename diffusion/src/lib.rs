@@ -32,5 +32,5 @@ pub mod weights;
 
 pub use error::{DiffusionError, Result};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, ScheduleConfig, TimestepSpacing};
-pub use scheduler::{build, Scheduler, SchedulerKind};
+pub use scheduler::{build, FlowMatchConfig, FlowMatchEuler, FlowMatchHeun, Scheduler, SchedulerKind};
 pub use unet::{UNet2DConfig, UNet2DModel};

@@ -13,6 +13,10 @@
 //!   (`scheduling_euler_discrete.py`, `scheduling_euler_ancestral_discrete.py`,
 //!   `scheduling_heun_discrete.py`).
 //!
+//! Two more sample flow-matching (rectified-flow) models, whose network predicts a velocity:
+//! [`FlowMatchEuler`] and [`FlowMatchHeun`] (`scheduling_flow_match_euler_discrete.py`,
+//! `scheduling_flow_match_heun_discrete.py`), configured by a [`FlowMatchConfig`].
+//!
 //! Timesteps are `f64` for every scheduler. DDPM, DDIM and DPM-Solver++ use integer training
 //! timesteps, which f64 holds exactly; the Euler family's linspace timesteps are fractional
 //! (999 / 6 * k for 7 steps) and the model must see them unrounded to match the sigma it is stepped
@@ -38,12 +42,14 @@ mod ddim;
 mod ddpm;
 mod dpm_solver;
 mod euler;
+mod flow_match;
 mod heun;
 
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::{Euler, EulerAncestral};
+pub use flow_match::{calculate_shift, FlowMatchConfig, FlowMatchEuler, FlowMatchHeun, TimeShift};
 pub use heun::Heun;
 
 /// A sampler's view of a noise schedule. A denoising loop is:

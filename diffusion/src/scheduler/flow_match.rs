@@ -1,0 +1,464 @@
+//! Flow-matching (rectified-flow) samplers: `x_t = (1 - sigma) x0 + sigma noise`, the model predicts
+//! the velocity `v = noise - x0`, and sampling integrates `dx/dsigma = v` from sigma 1 to 0.
+//! Lipman et al., "Flow Matching for Generative Modeling", arXiv 2210.02747; Liu et al., "Flow
+//! Straight and Fast", arXiv 2209.03003; Esser et al. (SD3), arXiv 2403.03206, for the shifted
+//! schedules.
+//!
+//! [`FlowMatchEuler`] follows diffusers 0.42.1's `FlowMatchEulerDiscreteScheduler` and
+//! [`FlowMatchHeun`] its `FlowMatchHeunDiscreteScheduler`, number for number: the same float32 and
+//! float64 steps in the same order (the training sigmas in float32, the inference schedule in
+//! float64 then rounded to float32), checked against numbers diffusers wrote
+//! (`diffusion/tests/reference/flow_match.py`).
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::{check_steps, index_for_timestep, np_linspace, upcast, Scheduler};
+use crate::error::{DiffusionError, Result};
+
+/// How `use_dynamic_shifting` turns `mu` into a shift (diffusers' `time_shift_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeShift {
+    /// `e^mu / (e^mu + (1 / t - 1))`.
+    #[default]
+    Exponential,
+    /// `mu / (mu + (1 / t - 1))`.
+    Linear,
+}
+
+/// A flow-matching scheduler's configuration: every key diffusers 0.42.1 writes for
+/// `FlowMatchEulerDiscreteScheduler` (the Heun scheduler uses `num_train_timesteps` and `shift`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowMatchConfig {
+    pub num_train_timesteps: usize,
+    /// The static shift `shift * s / (1 + (shift - 1) s)` of every sigma (SD3: 3.0).
+    pub shift: f64,
+    /// Shift by `mu` (from the image size, [`calculate_shift`]) instead of `shift` (Flux).
+    pub use_dynamic_shifting: bool,
+    pub base_shift: Option<f64>,
+    pub max_shift: Option<f64>,
+    pub base_image_seq_len: usize,
+    pub max_image_seq_len: usize,
+    /// Sample with `1 - sigma` (Mochi).
+    pub invert_sigmas: bool,
+    /// Stretch the schedule so that its last sigma is this.
+    pub shift_terminal: Option<f64>,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    /// Beta-distribution sigmas (Lee et al., arXiv 2407.12173); refused: genlab does not have them yet.
+    pub use_beta_sigmas: bool,
+    pub time_shift_type: TimeShift,
+    /// Each step re-noises the predicted x0 to the next sigma instead of an Euler step.
+    pub stochastic_sampling: bool,
+}
+
+impl Default for FlowMatchConfig {
+    fn default() -> Self {
+        FlowMatchConfig {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: Some(0.5),
+            max_shift: Some(1.15),
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            invert_sigmas: false,
+            shift_terminal: None,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            time_shift_type: TimeShift::Exponential,
+            stochastic_sampling: false,
+        }
+    }
+}
+
+impl FlowMatchConfig {
+    /// SD3's scheduler: shift 3.
+    pub fn sd3() -> Self {
+        FlowMatchConfig { shift: 3.0, ..Self::default() }
+    }
+
+    /// A diffusers `scheduler_config.json` (`source` names it in errors): every key must be one of
+    /// this struct's, or metadata starting with `_` (`_class_name`, `_diffusers_version`).
+    pub fn from_json(value: &serde_json::Value, source: &str) -> Result<Self> {
+        let bad = |m: String| DiffusionError::Config(format!("{source}: {m}"));
+        let serde_json::Value::Object(map) = value else {
+            return Err(bad("expected a JSON object".into()));
+        };
+        let kept: serde_json::Map<String, serde_json::Value> =
+            map.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let cfg: Self = serde_json::from_value(serde_json::Value::Object(kept)).map_err(|e| {
+            bad(format!(
+                "{e} (genlab's flow-matching schedulers take the keys of diffusers' FlowMatchEulerDiscreteScheduler)"
+            ))
+        })?;
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(DiffusionError::Config(m));
+        if self.num_train_timesteps == 0 {
+            return bad("num_train_timesteps must be at least 1".into());
+        }
+        if !(self.shift > 0.0 && self.shift.is_finite()) {
+            return bad(format!("shift must be a positive number, got {}", self.shift));
+        }
+        let n =
+            [self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas].iter().filter(|b| **b).count();
+        if n > 1 {
+            return bad("only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas can be set".into());
+        }
+        if self.use_beta_sigmas {
+            return bad(
+                "use_beta_sigmas: true is not supported (genlab has Karras and exponential sigmas for flow matching)"
+                    .into(),
+            );
+        }
+        if let Some(t) = self.shift_terminal.filter(|t| !(*t > 0.0 && *t < 1.0)) {
+            return bad(format!("shift_terminal must be in (0, 1), got {t}"));
+        }
+        if self.use_dynamic_shifting && (self.base_shift.is_none() || self.max_shift.is_none()) {
+            return bad("use_dynamic_shifting needs base_shift and max_shift".into());
+        }
+        Ok(())
+    }
+
+    /// The shift `mu` for an image of `image_seq_len` latent tokens, interpolated linearly between
+    /// (`base_image_seq_len`, `base_shift`) and (`max_image_seq_len`, `max_shift`).
+    pub fn mu_for(&self, image_seq_len: usize) -> f64 {
+        calculate_shift(
+            image_seq_len,
+            self.base_image_seq_len,
+            self.max_image_seq_len,
+            self.base_shift.unwrap_or(0.5),
+            self.max_shift.unwrap_or(1.15),
+        )
+    }
+
+    /// The training sigmas (float32, as diffusers' `__init__`): `linspace(1, N, N) / N`, reversed,
+    /// shifted unless the shift is dynamic.
+    fn train_sigmas(&self, shift_always: bool) -> Vec<f32> {
+        let n = self.num_train_timesteps;
+        let (shift, a) = (self.shift as f32, (self.shift - 1.0) as f32);
+        np_linspace(1.0, n as f64, n)
+            .into_iter()
+            .rev()
+            .map(|t| {
+                let s = t as f32 / n as f32;
+                if shift_always || !self.use_dynamic_shifting {
+                    shift * s / (1.0 + a * s)
+                } else {
+                    s
+                }
+            })
+            .collect()
+    }
+}
+
+/// The Flux and SD3 pipelines' `calculate_shift`: `mu` for `image_seq_len` tokens.
+pub fn calculate_shift(
+    image_seq_len: usize,
+    base_seq_len: usize,
+    max_seq_len: usize,
+    base_shift: f64,
+    max_shift: f64,
+) -> f64 {
+    let m = (max_shift - base_shift) / (max_seq_len as f64 - base_seq_len as f64);
+    let b = base_shift - m * base_seq_len as f64;
+    image_seq_len as f64 * m + b
+}
+
+/// `steps` inference sigmas from sigma_max to sigma_min of `train` (float64, diffusers' `set_timesteps`).
+fn inference_sigmas(train: &[f32], n: usize, steps: usize) -> Vec<f64> {
+    let (max, min) = (train[0] as f64, train[train.len() - 1] as f64);
+    np_linspace(max * n as f64, min * n as f64, steps).into_iter().map(|t| t / n as f64).collect()
+}
+
+/// Karras et al.'s rho = 7 spacing between the first and last of `sigmas`.
+fn karras(sigmas: &[f64]) -> Vec<f64> {
+    let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
+    let rho = 7.0;
+    let (lo, hi) = (min.powf(1.0 / rho), max.powf(1.0 / rho));
+    np_linspace(0.0, 1.0, sigmas.len()).into_iter().map(|r| (hi + r * (lo - hi)).powf(rho)).collect()
+}
+
+/// Log-linear spacing between the first and last of `sigmas`.
+fn exponential(sigmas: &[f64]) -> Vec<f64> {
+    let (min, max) = (sigmas[sigmas.len() - 1], sigmas[0]);
+    np_linspace(max.ln(), min.ln(), sigmas.len()).into_iter().map(f64::exp).collect()
+}
+
+/// The flow-matching Euler sampler (diffusers' `FlowMatchEulerDiscreteScheduler`).
+#[derive(Debug)]
+pub struct FlowMatchEuler {
+    config: FlowMatchConfig,
+    train: Vec<f32>,
+    mu: Option<f64>,
+    timesteps: Vec<f64>,
+    /// float32 values, one more than the timesteps (the terminal 0, or 1 when inverted).
+    sigmas: Vec<f64>,
+    step_index: Option<usize>,
+}
+
+impl FlowMatchEuler {
+    pub fn new(config: &FlowMatchConfig) -> Result<Self> {
+        config.validate()?;
+        let train = config.train_sigmas(false);
+        Ok(FlowMatchEuler {
+            config: config.clone(),
+            train,
+            mu: None,
+            timesteps: vec![],
+            sigmas: vec![],
+            step_index: None,
+        })
+    }
+
+    /// The shift `mu` of a dynamically shifted schedule; set before [`Scheduler::set_timesteps`].
+    pub fn set_mu(&mut self, mu: f64) {
+        self.mu = Some(mu);
+    }
+
+    /// The sigmas of the schedule set, ending with the terminal value.
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    /// Start the next loop at position `i` of the timesteps (image-to-image), as diffusers'
+    /// `set_begin_index`.
+    pub fn set_begin_index(&mut self, i: usize) {
+        self.step_index = Some(i);
+    }
+
+    fn sigma_at(&self, t: f64) -> Result<usize> {
+        if self.timesteps.is_empty() {
+            return Err(DiffusionError::NotInitialized { scheduler: "flow-euler" });
+        }
+        let i = match self.step_index {
+            Some(i) => i,
+            None => index_for_timestep("flow-euler", &self.timesteps, t)?,
+        };
+        if i >= self.timesteps.len() {
+            return Err(DiffusionError::PastLastStep {
+                scheduler: "flow-euler",
+                calls: i + 1,
+                len: self.timesteps.len(),
+            });
+        }
+        Ok(i)
+    }
+}
+
+impl Scheduler for FlowMatchEuler {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        let c = &self.config;
+        let n = c.num_train_timesteps;
+        check_steps(steps, n)?;
+        let mut sigmas = inference_sigmas(&self.train, n, steps);
+        if c.use_dynamic_shifting {
+            let Some(mu) = self.mu else {
+                return Err(DiffusionError::Config(
+                    "use_dynamic_shifting: the shift mu must be set (from the image size) before set_timesteps".into(),
+                ));
+            };
+            let m = match c.time_shift_type {
+                TimeShift::Exponential => mu.exp(),
+                TimeShift::Linear => mu,
+            };
+            sigmas = sigmas.into_iter().map(|t| m / (m + (1.0 / t - 1.0))).collect();
+        } else {
+            let shift = c.shift;
+            sigmas = sigmas.into_iter().map(|s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
+        }
+        if let Some(terminal) = c.shift_terminal {
+            let last = 1.0 - sigmas[sigmas.len() - 1];
+            let scale = last / (1.0 - terminal);
+            sigmas = sigmas.into_iter().map(|t| 1.0 - (1.0 - t) / scale).collect();
+        }
+        if c.use_karras_sigmas {
+            sigmas = karras(&sigmas);
+        } else if c.use_exponential_sigmas {
+            sigmas = exponential(&sigmas);
+        }
+        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        if c.invert_sigmas {
+            sigmas = sigmas.into_iter().map(|s| 1.0 - s).collect();
+        }
+        self.timesteps = sigmas.iter().map(|&s| (s * n as f32) as f64).collect();
+        sigmas.push(if c.invert_sigmas { 1.0 } else { 0.0 });
+        self.sigmas = sigmas.into_iter().map(f64::from).collect();
+        self.step_index = None;
+        Ok(())
+    }
+
+    /// Flow-matching models take the sample as it is.
+    fn scale_model_input(&self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
+        Ok(sample.shallow_clone())
+    }
+
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
+        let i = self.sigma_at(timestep)?;
+        let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let sample = upcast(sample).to_kind(tch::Kind::Float);
+        let prev = if self.config.stochastic_sampling {
+            let x0 = &sample - model_output * sigma;
+            let noise = Tensor::randn(sample.size(), (sample.kind(), sample.device()));
+            x0 * (1.0 - next) + noise * next
+        } else {
+            let dt = (next as f32 - sigma as f32) as f64;
+            &sample + model_output * dt
+        };
+        self.step_index = Some(i + 1);
+        Ok(prev.to_kind(model_output.kind()))
+    }
+
+    /// `(1 - sigma) x0 + sigma noise` at timesteps of the schedule set (image-to-image, inpainting).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        flow_add_noise("flow-euler", &self.timesteps, &self.sigmas, original, noise, timesteps)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+}
+
+/// `(1 - sigma) x0 + sigma noise`, each timestep's sigma looked up in the schedule.
+fn flow_add_noise(
+    name: &'static str,
+    timesteps: &[f64],
+    sigmas: &[f64],
+    original: &Tensor,
+    noise: &Tensor,
+    t: &Tensor,
+) -> Result<Tensor> {
+    let ts: Vec<f64> = Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).flatten(0, -1))
+        .map_err(|e| DiffusionError::Shape(format!("{name}: timesteps: {e}")))?;
+    let s: Vec<f32> =
+        ts.iter().map(|&t| index_for_timestep(name, timesteps, t).map(|i| sigmas[i] as f32)).collect::<Result<_>>()?;
+    let b = original.size()[0];
+    let mut shape = vec![if s.len() == 1 { 1 } else { b }];
+    shape.extend(std::iter::repeat_n(1, original.dim() - 1));
+    let sigma = Tensor::from_slice(&s).to_device(original.device()).view(shape.as_slice()).to_kind(original.kind());
+    Ok(&sigma * noise + (1.0 - &sigma) * original)
+}
+
+/// The flow-matching Heun sampler (diffusers' `FlowMatchHeunDiscreteScheduler`): every step but
+/// the last takes an Euler step, evaluates the model there, and averages the two velocities.
+#[derive(Debug)]
+pub struct FlowMatchHeun {
+    config: FlowMatchConfig,
+    train: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    step_index: Option<usize>,
+    /// The first-order state: derivative, dt and sample.
+    pending: Option<(Tensor, f64, Tensor)>,
+}
+
+impl FlowMatchHeun {
+    /// Takes `num_train_timesteps` and `shift`; the other keys of `config` must be their defaults.
+    pub fn new(config: &FlowMatchConfig) -> Result<Self> {
+        config.validate()?;
+        let base = FlowMatchConfig {
+            num_train_timesteps: config.num_train_timesteps,
+            shift: config.shift,
+            ..Default::default()
+        };
+        if *config != base {
+            return Err(DiffusionError::Config(
+                "flow-heun takes num_train_timesteps and shift only (diffusers' FlowMatchHeunDiscreteScheduler); \
+                 dynamic shifting, terminal shifts, inverted, Karras or exponential sigmas and stochastic sampling \
+                 are flow-euler's"
+                    .into(),
+            ));
+        }
+        let train = config.train_sigmas(true);
+        Ok(FlowMatchHeun {
+            config: config.clone(),
+            train,
+            timesteps: vec![],
+            sigmas: vec![],
+            step_index: None,
+            pending: None,
+        })
+    }
+}
+
+impl Scheduler for FlowMatchHeun {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        let n = self.config.num_train_timesteps;
+        check_steps(steps, n)?;
+        let shift = self.config.shift;
+        let sigmas: Vec<f32> = inference_sigmas(&self.train, n, steps)
+            .into_iter()
+            .map(|s| (shift * s / (1.0 + (shift - 1.0) * s)) as f32)
+            .collect();
+        let t: Vec<f64> = sigmas.iter().map(|&s| (s * n as f32) as f64).collect();
+        self.timesteps = std::iter::once(t[0]).chain(t[1..].iter().flat_map(|&x| [x, x])).collect();
+        let s: Vec<f64> = sigmas.into_iter().map(f64::from).collect();
+        self.sigmas = std::iter::once(s[0]).chain(s[1..].iter().flat_map(|&x| [x, x])).chain([0.0]).collect();
+        self.step_index = None;
+        self.pending = None;
+        Ok(())
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
+        Ok(sample.shallow_clone())
+    }
+
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
+        if self.timesteps.is_empty() {
+            return Err(DiffusionError::NotInitialized { scheduler: "flow-heun" });
+        }
+        let i = match self.step_index {
+            Some(i) => i,
+            None => index_for_timestep("flow-heun", &self.timesteps, timestep)?,
+        };
+        if i >= self.timesteps.len() {
+            return Err(DiffusionError::PastLastStep {
+                scheduler: "flow-heun",
+                calls: i + 1,
+                len: self.timesteps.len(),
+            });
+        }
+        let sample = upcast(sample).to_kind(tch::Kind::Float);
+        let prev = match self.pending.take() {
+            None => {
+                let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+                let denoised = &sample - model_output * sigma;
+                let derivative = (&sample - denoised) / sigma;
+                let dt = (next as f32 - sigma as f32) as f64;
+                let prev = &sample + &derivative * dt;
+                self.pending = Some((derivative, dt, sample));
+                prev
+            }
+            Some((first, dt, saved)) => {
+                let next = self.sigmas[i];
+                let denoised = &sample - model_output * next;
+                let derivative = ((&sample - denoised) / next + first) * 0.5;
+                saved + derivative * dt
+            }
+        };
+        self.step_index = Some(i + 1);
+        Ok(prev.to_kind(model_output.kind()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        flow_add_noise("flow-heun", &self.timesteps, &self.sigmas, original, noise, timesteps)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+}
