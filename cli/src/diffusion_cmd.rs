@@ -13,8 +13,8 @@ use tch::Tensor;
 
 #[derive(Subcommand, Debug)]
 pub enum DiffusionCommand {
-    /// Train a denoising diffusion model (presets: unet-tiny, unet-28, unet-32, unet-64, unet-ddpm),
-    /// on pixels or, with --latent-autoencoder, on a KL autoencoder's latents.
+    /// Train a denoising diffusion or (--objective flow) flow-matching model (presets: unet-tiny, unet-small,
+    /// unet-28, unet-32, unet-64, unet-ddpm), on pixels or, with --latent-autoencoder, on a KL autoencoder's latents.
     #[command(
         after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume\n  genlab vae train --model kl-f4 --data fashion-mnist --steps 5000 --out runs/kl-f4-fashion\n  genlab diffusion train --model unet-tiny --data fashion-mnist --latent-autoencoder runs/kl-f4-fashion --steps 20000 --out runs/ldm-fashion"
     )]
@@ -136,7 +136,8 @@ pub struct Img2imgFlags {
     /// How far to noise the input, in (0, 1]: 1 ignores it.
     #[arg(long, default_value_t = 0.6)]
     strength: f64,
-    /// Default ddim for a --run; for a --model, the model's own scheduler where genlab has it, else dpmpp-2m.
+    /// Default ddim for a --run (flow-euler for a flow-matching run); for a --model, the model's own scheduler
+    /// where genlab has it, else dpmpp-2m.
     #[arg(long)]
     sampler: Option<String>,
     #[arg(long, default_value_t = 50)]
@@ -319,8 +320,13 @@ fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
         let out = sd.img2img(&opts, &image, f.strength)?;
         return save(&(out.images * 2.0 - 1.0), &e.out);
     };
-    let scheduler = f.sampler.as_deref().unwrap_or("ddim").parse::<SchedulerKind>()?;
     let run = DiffusionRun::open(run_dir, Weights::Ema, device)?;
+    // DDIM by default; a flow-matching run's own sampler.
+    let own = Some(run.options.scheduler).filter(|k| k.is_flow());
+    let scheduler = match f.sampler.as_deref() {
+        Some(s) => s.parse::<SchedulerKind>()?,
+        None => own.unwrap_or(SchedulerKind::Ddim),
+    };
     let image = read_image(&e.input, run.image_channels())?;
     tch::manual_seed(e.seed as i64);
     let opts = SampleOptions { scheduler, steps: f.steps, ..e.guidance.options(run.options) };

@@ -16,7 +16,8 @@ use tch::{Device, Tensor};
 #[derive(Debug, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct SampleSettings {
-    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun (default: the run's own, which it uses for its sample grids).
+    /// ddpm, ddim, dpmpp-2m, euler, euler-a or heun; flow-euler or flow-heun for a flow-matching run (default: the
+    /// run's own, which it uses for its sample grids).
     #[cfg_attr(feature = "clap", arg(long))]
     pub sampler: Option<SchedulerKind>,
     /// Sampling steps (default: the run's own).

@@ -253,6 +253,13 @@ pub(crate) fn inpaint_unclamped(
     guidance_scale: f64,
 ) -> Result<Tensor> {
     check_mask(image, mask)?;
+    if schedule.flow.is_some() {
+        return Err(DiffusionError::Config(
+            "RePaint inpainting renoises with the DDPM forward process: it needs a denoising-diffusion run, and this \
+             one is flow matching"
+                .into(),
+        ));
+    }
     if repaint.jump_length == 0 || repaint.resamplings == 0 {
         return Err(DiffusionError::Config(format!(
             "RePaint needs jump_length >= 1 and resamplings >= 1, got {} and {}",

@@ -142,6 +142,11 @@ pub struct ScheduleConfig {
     pub set_alpha_to_one: bool,
     /// DDIM: noise weight in 0..=1, 0 is deterministic DDIM and 1 is DDPM-like.
     pub eta: f64,
+    /// Set for a flow-matching model: its forward process is `(1 - sigma) x0 + sigma noise` with
+    /// these sigmas, the network predicts the velocity `noise - x0`, and only the flow-matching
+    /// schedulers sample it (the beta schedule and prediction type above do not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowMatchConfig>,
 }
 
 impl Default for ScheduleConfig {
@@ -160,6 +165,7 @@ impl Default for ScheduleConfig {
             use_clipped_model_output: false,
             set_alpha_to_one: true,
             eta: 0.0,
+            flow: None,
         }
     }
 }
@@ -238,8 +244,167 @@ impl ScheduleConfig {
         if !(0.0..=1.0).contains(&self.eta) {
             return bad(format!("eta must be in 0..=1, got {}", self.eta));
         }
+        if let Some(f) = &self.flow {
+            f.validate()?;
+        }
         Ok(())
     }
+}
+
+/// How `use_dynamic_shifting` turns `mu` into a shift (diffusers' `time_shift_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeShift {
+    /// `e^mu / (e^mu + (1 / t - 1))`.
+    #[default]
+    Exponential,
+    /// `mu / (mu + (1 / t - 1))`.
+    Linear,
+}
+
+/// A flow-matching scheduler's configuration: every key diffusers 0.42.1 writes for
+/// `FlowMatchEulerDiscreteScheduler` (the Heun scheduler uses `num_train_timesteps` and `shift`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowMatchConfig {
+    pub num_train_timesteps: usize,
+    /// The static shift `shift * s / (1 + (shift - 1) s)` of every sigma (SD3: 3.0).
+    pub shift: f64,
+    /// Shift by `mu` (from the image size, [`calculate_shift`]) instead of `shift` (Flux).
+    pub use_dynamic_shifting: bool,
+    pub base_shift: Option<f64>,
+    pub max_shift: Option<f64>,
+    pub base_image_seq_len: usize,
+    pub max_image_seq_len: usize,
+    /// Sample with `1 - sigma` (Mochi).
+    pub invert_sigmas: bool,
+    /// Stretch the schedule so that its last sigma is this.
+    pub shift_terminal: Option<f64>,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    /// Beta-distribution sigmas (Lee et al., arXiv 2407.12173); refused: genlab does not have them yet.
+    pub use_beta_sigmas: bool,
+    pub time_shift_type: TimeShift,
+    /// Each step re-noises the predicted x0 to the next sigma instead of an Euler step.
+    pub stochastic_sampling: bool,
+}
+
+impl Default for FlowMatchConfig {
+    fn default() -> Self {
+        FlowMatchConfig {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: Some(0.5),
+            max_shift: Some(1.15),
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            invert_sigmas: false,
+            shift_terminal: None,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            time_shift_type: TimeShift::Exponential,
+            stochastic_sampling: false,
+        }
+    }
+}
+
+impl FlowMatchConfig {
+    /// SD3's scheduler: shift 3.
+    pub fn sd3() -> Self {
+        FlowMatchConfig { shift: 3.0, ..Self::default() }
+    }
+
+    /// A diffusers `scheduler_config.json` (`source` names it in errors): every key must be one of
+    /// this struct's, or metadata starting with `_` (`_class_name`, `_diffusers_version`).
+    pub fn from_json(value: &serde_json::Value, source: &str) -> Result<Self> {
+        let bad = |m: String| DiffusionError::Config(format!("{source}: {m}"));
+        let serde_json::Value::Object(map) = value else {
+            return Err(bad("expected a JSON object".into()));
+        };
+        let kept: serde_json::Map<String, serde_json::Value> =
+            map.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let cfg: Self = serde_json::from_value(serde_json::Value::Object(kept)).map_err(|e| {
+            bad(format!(
+                "{e} (genlab's flow-matching schedulers take the keys of diffusers' FlowMatchEulerDiscreteScheduler)"
+            ))
+        })?;
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(DiffusionError::Config(m));
+        if self.num_train_timesteps == 0 {
+            return bad("num_train_timesteps must be at least 1".into());
+        }
+        if !(self.shift > 0.0 && self.shift.is_finite()) {
+            return bad(format!("shift must be a positive number, got {}", self.shift));
+        }
+        let n =
+            [self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas].iter().filter(|b| **b).count();
+        if n > 1 {
+            return bad("only one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas can be set".into());
+        }
+        if self.use_beta_sigmas {
+            return bad(
+                "use_beta_sigmas: true is not supported (genlab has Karras and exponential sigmas for flow matching)"
+                    .into(),
+            );
+        }
+        if let Some(t) = self.shift_terminal.filter(|t| !(*t > 0.0 && *t < 1.0)) {
+            return bad(format!("shift_terminal must be in (0, 1), got {t}"));
+        }
+        if self.use_dynamic_shifting && (self.base_shift.is_none() || self.max_shift.is_none()) {
+            return bad("use_dynamic_shifting needs base_shift and max_shift".into());
+        }
+        Ok(())
+    }
+
+    /// The shift `mu` for an image of `image_seq_len` latent tokens, interpolated linearly between
+    /// (`base_image_seq_len`, `base_shift`) and (`max_image_seq_len`, `max_shift`).
+    pub fn mu_for(&self, image_seq_len: usize) -> f64 {
+        calculate_shift(
+            image_seq_len,
+            self.base_image_seq_len,
+            self.max_image_seq_len,
+            self.base_shift.unwrap_or(0.5),
+            self.max_shift.unwrap_or(1.15),
+        )
+    }
+
+    /// The training sigmas (float32, as diffusers' `__init__`): `linspace(1, N, N) / N`, reversed,
+    /// shifted unless the shift is dynamic.
+    pub(crate) fn train_sigmas(&self, shift_always: bool) -> Vec<f32> {
+        let n = self.num_train_timesteps;
+        let (shift, a) = (self.shift as f32, (self.shift - 1.0) as f32);
+        linspace(1.0, n as f64, n)
+            .into_iter()
+            .rev()
+            .map(|t| {
+                let s = t as f32 / n as f32;
+                if shift_always || !self.use_dynamic_shifting {
+                    shift * s / (1.0 + a * s)
+                } else {
+                    s
+                }
+            })
+            .collect()
+    }
+}
+
+/// The Flux and SD3 pipelines' `calculate_shift`: `mu` for `image_seq_len` tokens.
+pub fn calculate_shift(
+    image_seq_len: usize,
+    base_seq_len: usize,
+    max_seq_len: usize,
+    base_shift: f64,
+    max_shift: f64,
+) -> f64 {
+    let m = (max_shift - base_shift) / (max_seq_len as f64 - base_seq_len as f64);
+    let b = base_shift - m * base_seq_len as f64;
+    image_seq_len as f64 * m + b
 }
 
 /// `torch.linspace` in f64: `n` evenly spaced values from `start` to `end` inclusive.

@@ -45,11 +45,12 @@ mod euler;
 mod flow_match;
 mod heun;
 
+pub use crate::schedule::{calculate_shift, FlowMatchConfig, TimeShift};
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::{Euler, EulerAncestral};
-pub use flow_match::{calculate_shift, FlowMatchConfig, FlowMatchEuler, FlowMatchHeun, TimeShift};
+pub use flow_match::{FlowMatchEuler, FlowMatchHeun};
 pub use heun::Heun;
 
 /// A sampler's view of a noise schedule. A denoising loop is:
@@ -115,9 +116,15 @@ pub enum SchedulerKind {
     EulerAncestral,
     #[serde(rename = "heun")]
     Heun,
+    /// Flow-matching models only.
+    #[serde(rename = "flow-euler")]
+    FlowEuler,
+    #[serde(rename = "flow-heun")]
+    FlowHeun,
 }
 
 impl SchedulerKind {
+    /// The denoising-diffusion samplers.
     pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Ddpm,
         SchedulerKind::Ddim,
@@ -126,6 +133,8 @@ impl SchedulerKind {
         SchedulerKind::EulerAncestral,
         SchedulerKind::Heun,
     ];
+    /// The flow-matching samplers.
+    pub const FLOW: [SchedulerKind; 2] = [SchedulerKind::FlowEuler, SchedulerKind::FlowHeun];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -135,7 +144,14 @@ impl SchedulerKind {
             SchedulerKind::Euler => "euler",
             SchedulerKind::EulerAncestral => "euler-a",
             SchedulerKind::Heun => "heun",
+            SchedulerKind::FlowEuler => "flow-euler",
+            SchedulerKind::FlowHeun => "flow-heun",
         }
+    }
+
+    /// The flow-matching samplers, for models whose schedule has `flow` set.
+    pub fn is_flow(self) -> bool {
+        matches!(self, SchedulerKind::FlowEuler | SchedulerKind::FlowHeun)
     }
 }
 
@@ -148,10 +164,11 @@ impl fmt::Display for SchedulerKind {
 impl FromStr for SchedulerKind {
     type Err = DiffusionError;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| DiffusionError::UnknownName {
+        let all = || Self::ALL.into_iter().chain(Self::FLOW);
+        all().find(|k| k.name() == s).ok_or_else(|| DiffusionError::UnknownName {
             what: "scheduler",
             found: s.to_string(),
-            expected: Self::ALL.map(Self::name).join(", "),
+            expected: all().map(Self::name).collect::<Vec<_>>().join(", "),
         })
     }
 }
@@ -179,9 +196,26 @@ pub fn strength_timesteps(scheduler: &dyn Scheduler, strength: f64) -> Result<Ve
     Ok(all[from..].to_vec())
 }
 
-/// A scheduler of `kind` over `config`'s schedule, with `steps` inference timesteps set.
+/// A scheduler of `kind` over `config`'s schedule, with `steps` inference timesteps set. The
+/// flow-matching kinds need a flow-matching schedule (`config.flow`), which only they sample.
 pub fn build(kind: SchedulerKind, config: &ScheduleConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
+    match (&config.flow, kind.is_flow()) {
+        (Some(_), false) => {
+            return Err(DiffusionError::Config(format!(
+                "{kind} samples denoising-diffusion models; this is a flow-matching model: use flow-euler or flow-heun"
+            )))
+        }
+        (None, true) => {
+            return Err(DiffusionError::Config(format!(
+                "{kind} samples flow-matching models; this is a denoising-diffusion model: use ddpm, ddim, dpmpp-2m, \
+                 euler, euler-a or heun"
+            )))
+        }
+        _ => {}
+    }
     let mut s: Box<dyn Scheduler> = match kind {
+        SchedulerKind::FlowEuler => Box::new(FlowMatchEuler::new(config.flow.as_ref().unwrap_or(&Default::default()))?),
+        SchedulerKind::FlowHeun => Box::new(FlowMatchHeun::new(config.flow.as_ref().unwrap_or(&Default::default()))?),
         SchedulerKind::Ddpm => Box::new(Ddpm::new(config)?),
         SchedulerKind::Ddim => Box::new(Ddim::new(config)?),
         SchedulerKind::DpmPp2m => Box::new(DpmSolverMultistep::new(config)?),
@@ -412,12 +446,12 @@ mod tests {
 
     #[test]
     fn kinds_parse_display_and_serialize_by_cli_name() {
-        for k in SchedulerKind::ALL {
+        for k in SchedulerKind::ALL.into_iter().chain(SchedulerKind::FLOW) {
             assert_eq!(k.to_string().parse::<SchedulerKind>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
         let err = "lms".parse::<SchedulerKind>().unwrap_err().to_string();
-        assert!(err.contains("lms") && err.contains("dpmpp-2m"), "{err}");
+        assert!(err.contains("lms") && err.contains("dpmpp-2m") && err.contains("flow-heun"), "{err}");
     }
 
     #[test]

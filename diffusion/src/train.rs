@@ -126,6 +126,159 @@ pub struct DiffusionRunConfig {
     /// Set for a latent diffusion run: the U-Net learns this autoencoder's latents, not pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latent: Option<LatentConfig>,
+    /// Set for a flow-matching run (with `schedule.flow`): how training draws its noise levels and
+    /// weights its loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowObjective>,
+}
+
+/// How a flow-matching run draws the noise level `sigma` of each training sample: `u` in (0, 1)
+/// from this density picks the training sigma at index `floor(u N)` (diffusers'
+/// `compute_density_for_timestep_sampling`, SD3's `weighting_scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TimestepDensity {
+    /// `sigmoid(N(mean, std))`: SD3's default (mean 0, std 1), most samples at middling noise.
+    LogitNormal {
+        mean: f64,
+        std: f64,
+    },
+    /// `1 - u - scale (cos^2(pi u / 2) - 1 + u)` for uniform `u`: SD3's mode sampling (scale 1.29).
+    Mode {
+        scale: f64,
+    },
+    Uniform,
+}
+
+impl TimestepDensity {
+    /// `n` draws, [n] f32 in [0, 1).
+    pub fn sample(self, n: i64, device: Device) -> Tensor {
+        match self {
+            // torch.normal(mean, std): libtorch's normal_ fill, which rounds as diffusers' draw does.
+            TimestepDensity::LogitNormal { mean, std } => {
+                let mut z = Tensor::empty([n], (Kind::Float, device));
+                let _ = z.normal_(mean, std);
+                z.sigmoid()
+            }
+            TimestepDensity::Mode { scale } => {
+                let u = Tensor::rand([n], (Kind::Float, device));
+                let c = ((&u * std::f64::consts::PI) / 2.0).cos().square();
+                (1.0 - &u) - (c - 1.0 + &u) * scale
+            }
+            TimestepDensity::Uniform => Tensor::rand([n], (Kind::Float, device)),
+        }
+    }
+}
+
+/// The weight of each flow-matching sample's loss (diffusers' `compute_loss_weighting_for_sd3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowLossWeighting {
+    /// The plain velocity MSE.
+    #[default]
+    None,
+    /// `sigma^-2`.
+    SigmaSqrt,
+    /// `2 / (pi (1 - 2 sigma + 2 sigma^2))` (Esser et al.'s CosMap).
+    Cosmap,
+}
+
+impl FlowLossWeighting {
+    /// Per-sample weights for `sigmas` ([n] f32), none for the plain MSE.
+    pub fn weights(self, sigmas: &Tensor) -> Option<Tensor> {
+        match self {
+            FlowLossWeighting::None => None,
+            FlowLossWeighting::SigmaSqrt => Some(sigmas.pow_tensor_scalar(-2.0)),
+            FlowLossWeighting::Cosmap => {
+                let bot: Tensor = (sigmas.square() * 2.0) - sigmas * 2.0 + 1.0;
+                Some(bot.reciprocal() * (2.0 / std::f64::consts::PI))
+            }
+        }
+    }
+}
+
+/// What a diffusion-family run learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    /// Denoising diffusion on a beta schedule (the schedule's prediction type).
+    #[default]
+    Diffusion,
+    /// Flow matching (rectified flow): the velocity along straight paths from data to noise.
+    Flow,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = DiffusionError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "diffusion" => Ok(Objective::Diffusion),
+            "flow" => Ok(Objective::Flow),
+            _ => Err(DiffusionError::UnknownName {
+                what: "objective",
+                found: s.into(),
+                expected: "diffusion, flow".into(),
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for TimestepDensity {
+    type Err = DiffusionError;
+    /// `logit-normal[:MEAN,STD]`, `mode[:SCALE]` or `uniform`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || DiffusionError::UnknownName {
+            what: "timestep density",
+            found: s.into(),
+            expected: "logit-normal[:MEAN,STD], mode[:SCALE], uniform".into(),
+        };
+        let (name, args) = s.split_once(':').map(|(n, a)| (n, Some(a))).unwrap_or((s, None));
+        let nums: Vec<f64> = match args {
+            Some(a) => a.split(',').map(|x| x.trim().parse::<f64>().map_err(|_| bad())).collect::<Result<_>>()?,
+            None => vec![],
+        };
+        let d = match (name, nums.as_slice()) {
+            ("logit-normal", []) => TimestepDensity::LogitNormal { mean: 0.0, std: 1.0 },
+            ("logit-normal", [mean, std]) if *std > 0.0 => TimestepDensity::LogitNormal { mean: *mean, std: *std },
+            ("mode", []) => TimestepDensity::Mode { scale: 1.29 },
+            ("mode", [scale]) => TimestepDensity::Mode { scale: *scale },
+            ("uniform", []) => TimestepDensity::Uniform,
+            _ => return Err(bad()),
+        };
+        Ok(d)
+    }
+}
+
+impl std::str::FromStr for FlowLossWeighting {
+    type Err = DiffusionError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(FlowLossWeighting::None),
+            "sigma-sqrt" => Ok(FlowLossWeighting::SigmaSqrt),
+            "cosmap" => Ok(FlowLossWeighting::Cosmap),
+            _ => Err(DiffusionError::UnknownName {
+                what: "flow loss weighting",
+                found: s.into(),
+                expected: "none, sigma-sqrt, cosmap".into(),
+            }),
+        }
+    }
+}
+
+/// The flow-matching objective of a run: the velocity `noise - x0` at `(1 - sigma) x0 + sigma noise`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FlowObjective {
+    pub density: TimestepDensity,
+    pub weighting: FlowLossWeighting,
+}
+
+impl Default for FlowObjective {
+    /// SD3's: logit-normal(0, 1) noise levels, no loss weighting.
+    fn default() -> Self {
+        FlowObjective {
+            density: TimestepDensity::LogitNormal { mean: 0.0, std: 1.0 },
+            weighting: FlowLossWeighting::None,
+        }
+    }
 }
 
 genlab_core::run_kind!(DiffusionRunConfig, FAMILY);
@@ -163,6 +316,7 @@ impl DiffusionRunConfig {
             sample_scheduler: SchedulerKind::DpmPp2m,
             sample_steps: 20,
             latent: None,
+            flow: None,
         })
     }
 
@@ -229,6 +383,25 @@ impl DiffusionRunConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
         }
+        match (&self.flow, &self.schedule.flow) {
+            (Some(_), None) | (None, Some(_)) => {
+                return bad("a flow-matching run sets both `flow` and `schedule.flow`".into());
+            }
+            (Some(_), Some(_)) if self.min_snr_gamma.is_some() => {
+                return bad(
+                    "min_snr_gamma weights denoising-diffusion losses; a flow-matching run weights with flow.weighting"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if self.sample_scheduler.is_flow() != self.flow.is_some() {
+            return bad(format!(
+                "sample_scheduler {} does not sample this run's kind of model ({})",
+                self.sample_scheduler,
+                if self.flow.is_some() { "flow matching: flow-euler or flow-heun" } else { "denoising diffusion" }
+            ));
+        }
         if let Some(l) = &self.latent {
             let [c, h, w] = l.latent_shape;
             let unet = [self.unet.in_channels, self.unet.sample_size[0], self.unet.sample_size[1]];
@@ -279,6 +452,8 @@ pub struct DiffusionTask {
     /// The frozen autoencoder of a latent run.
     pub autoencoder: Option<LatentAutoencoder>,
     device: Device,
+    /// A flow-matching run's training sigmas (float32, [num_train_timesteps], from 1 down).
+    flow_sigmas: Option<Tensor>,
 }
 
 impl DiffusionTask {
@@ -334,7 +509,9 @@ impl DiffusionTask {
         ema.warmup = run.ema_warmup;
         let schedule = NoiseSchedule::new(&run.schedule)?;
         let scaler = run.precision.needs_scaler().then(GradScaler::default);
-        Ok(DiffusionTask { net, ema_net, ema, opt, run, schedule, scaler, autoencoder, device })
+        let flow_sigmas =
+            run.schedule.flow.as_ref().map(|f| Tensor::from_slice(&f.train_sigmas(false)).to_device(device));
+        Ok(DiffusionTask { net, ema_net, ema, opt, run, schedule, scaler, autoencoder, device, flow_sigmas })
     }
 
     /// The EMA weights, copied into [`DiffusionTask::ema_net`], which is returned.
@@ -377,6 +554,9 @@ impl DiffusionTask {
             None => None,
         };
         let x0 = latents.as_ref().unwrap_or(&batch.images);
+        if let (Some(obj), Some(sigmas)) = (self.run.flow, &self.flow_sigmas) {
+            return self.flow_step(x0, batch, obj, &sigmas.shallow_clone());
+        }
         let n = x0.size()[0];
         let t = Tensor::randint(self.schedule.num_train_timesteps() as i64, [n], (Kind::Int64, self.device));
         let noise = x0.randn_like();
@@ -385,6 +565,42 @@ impl DiffusionTask {
             denoising_loss(&self.net.unet, &self.schedule, x0, &noise, &t, labels.as_ref(), true)
         })?;
         let weights = self.run.min_snr_gamma.map(|g| self.schedule.min_snr_weights(&t, g)).transpose()?;
+        let loss = weighted_mean(&per_sample, weights.as_ref());
+        let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
+        self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
+        self.opt.backward_step_with(&loss, self.scaler.as_mut());
+        self.ema.update();
+        Ok(StepOutput { loss: loss.double_value(&[]), metrics: vec![("mse".into(), mse)] })
+    }
+}
+
+impl DiffusionTask {
+    /// One flow-matching step: sigmas drawn by the run's density from the training sigmas, the
+    /// model asked for the velocity `noise - x0` at `(1 - sigma) x0 + sigma noise` and timestep
+    /// `sigma N` (diffusers' `train_dreambooth_sd3.py`), the loss weighted per sample.
+    fn flow_step(
+        &mut self,
+        x0: &Tensor,
+        batch: &Batch,
+        obj: FlowObjective,
+        train_sigmas: &Tensor,
+    ) -> Result<StepOutput> {
+        let n = x0.size()[0];
+        let n_train = train_sigmas.size()[0];
+        let u = obj.density.sample(n, self.device);
+        let idx = (u * n_train as f64).to_kind(Kind::Int64).clamp(0, n_train - 1);
+        let sigmas = train_sigmas.index_select(0, &idx);
+        let timesteps = &sigmas * n_train as f64;
+        let s = sigmas.view([n, 1, 1, 1]).to_kind(x0.kind());
+        let noise = x0.randn_like();
+        let noisy = (1.0 - &s) * x0 + &s * &noise;
+        let target = &noise - x0;
+        let labels = self.training_labels(batch)?;
+        let per_sample = self.run.precision.autocast(self.device, || -> Result<Tensor> {
+            let out = self.net.unet.forward_t(&noisy, &timesteps, labels.as_ref(), true)?;
+            Ok(crate::loss::per_sample_mse(&out, &target))
+        })?;
+        let weights = obj.weighting.weights(&sigmas);
         let loss = weighted_mean(&per_sample, weights.as_ref());
         let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
         self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
@@ -583,6 +799,20 @@ mod tests {
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct DiffusionTrainOptions {
+    /// diffusion (denoising: noise, x0 or velocity prediction on a beta schedule) or flow (flow
+    /// matching: the velocity noise - x0 along straight paths, sampled with flow-euler or flow-heun).
+    #[cfg_attr(feature = "clap", arg(long, default_value = "diffusion"))]
+    pub objective: Objective,
+    /// Flow matching: the shift of the noise levels, shift s / (1 + (shift - 1) s) (SD3: 3 at 1024 px).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
+    pub flow_shift: f64,
+    /// Flow matching: how training draws noise levels: logit-normal[:MEAN,STD] (default 0,1), mode[:SCALE]
+    /// (default 1.29) or uniform.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "logit-normal"))]
+    pub timestep_density: TimestepDensity,
+    /// Flow matching: the loss weight per sample: none, sigma-sqrt or cosmap.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "none"))]
+    pub flow_weighting: FlowLossWeighting,
     /// What the network predicts: eps, x0 or v [default: v].
     #[cfg_attr(feature = "clap", arg(long))]
     pub prediction: Option<crate::PredictionType>,
@@ -632,6 +862,10 @@ pub struct DiffusionTrainOptions {
 impl Default for DiffusionTrainOptions {
     fn default() -> Self {
         DiffusionTrainOptions {
+            objective: Objective::Diffusion,
+            flow_shift: 1.0,
+            timestep_density: FlowObjective::default().density,
+            flow_weighting: FlowLossWeighting::None,
             prediction: None,
             beta_schedule: None,
             timesteps: 1000,
@@ -683,10 +917,24 @@ impl DiffusionTrainOptions {
         } else {
             ScheduleConfig::v_cosine()
         };
+        let flow = self.objective == Objective::Flow;
+        if flow && (self.prediction.is_some() || self.beta_schedule.is_some() || self.min_snr_gamma.is_some()) {
+            return Err(DiffusionError::Config(
+                "--prediction, --schedule and --min-snr-gamma apply to --objective diffusion; a flow-matching run \
+                 predicts the velocity on its own schedule (--flow-shift, --timestep-density, --flow-weighting)"
+                    .into(),
+            ));
+        }
         let schedule = ScheduleConfig {
             num_train_timesteps: self.timesteps,
             beta_schedule: self.beta_schedule.unwrap_or(base.beta_schedule),
             prediction_type: self.prediction.unwrap_or(base.prediction_type),
+            clip_sample: base.clip_sample && !flow,
+            flow: flow.then(|| crate::FlowMatchConfig {
+                num_train_timesteps: self.timesteps,
+                shift: self.flow_shift,
+                ..Default::default()
+            }),
             ..base
         };
         let run = match &self.latent_autoencoder {
@@ -708,6 +956,11 @@ impl DiffusionTrainOptions {
         run.lr_warmup_steps = self.lr_warmup;
         run.max_grad_norm = (self.max_grad_norm > 0.0).then_some(self.max_grad_norm);
         run.weight_decay = self.weight_decay;
+        if flow {
+            run.flow = Some(FlowObjective { density: self.timestep_density, weighting: self.flow_weighting });
+            // SD3's pipeline default.
+            (run.sample_scheduler, run.sample_steps) = (SchedulerKind::FlowEuler, 28);
+        }
         Ok(run)
     }
 }
@@ -778,5 +1031,11 @@ mod flag_tests {
             (f.beta_schedule, f.ema_warmup, f.cond),
             (Some(crate::BetaSchedule::Linear), super::EmaWarmup::Ratio, true)
         );
+        let f =
+            Flags::parse_from(["train", "--objective", "flow", "--timestep-density", "mode:1.1", "--flow-shift", "3"])
+                .options;
+        let density = super::TimestepDensity::Mode { scale: 1.1 };
+        assert_eq!((f.objective, f.timestep_density, f.flow_shift), (super::Objective::Flow, density, 3.0));
+        assert!(Flags::try_parse_from(["train", "--flow-weighting", "sqrt"]).is_err());
     }
 }

@@ -124,3 +124,43 @@ fn flux_shift_is_interpolated_from_the_image_size() {
     assert!((cfg.mu_for(256) - 0.5).abs() < 1e-12 && (cfg.mu_for(4096) - 1.15).abs() < 1e-12);
     assert!((cfg.mu_for(1024) - (0.5 + 0.65 * 768.0 / 3840.0)).abs() < 1e-12);
 }
+
+#[test]
+fn training_densities_and_loss_weights_match_diffusers() {
+    use genlab_diffusion::train::{FlowLossWeighting, TimestepDensity};
+    let refs: serde_json::Value = serde_json::from_str(include_str!("reference/flow_match.json")).unwrap();
+    let num = |v: &serde_json::Value| v.as_f64().unwrap();
+    let list = |v: &serde_json::Value| v.as_array().unwrap().iter().map(num).collect::<Vec<f64>>();
+    let densities = refs["densities"].as_array().unwrap();
+    assert_eq!(densities.len(), 4);
+    for d in densities {
+        let density = match d["scheme"].as_str().unwrap() {
+            "logit_normal" => TimestepDensity::LogitNormal { mean: num(&d["mean"]), std: num(&d["std"]) },
+            "mode" => TimestepDensity::Mode { scale: num(&d["scale"]) },
+            _ => TimestepDensity::Uniform,
+        };
+        let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let u = Vec::<f64>::try_from(density.sample(8, Device::Cpu).to_kind(Kind::Double)).unwrap();
+        assert_eq!(u, list(&d["u"]), "{density:?}");
+    }
+    let sigmas = Tensor::linspace(0.05, 0.95, 7, (Kind::Float, Device::Cpu));
+    assert_eq!(Vec::<f64>::try_from(sigmas.to_kind(Kind::Double)).unwrap(), list(&refs["weighting_sigmas"]));
+    for (w, name) in [(FlowLossWeighting::SigmaSqrt, "sigma_sqrt"), (FlowLossWeighting::Cosmap, "cosmap")] {
+        let got = Vec::<f64>::try_from(w.weights(&sigmas).unwrap().to_kind(Kind::Double)).unwrap();
+        for (a, b) in got.iter().zip(list(&refs["weightings"][name])) {
+            assert!((a - b).abs() <= 1e-6 * b, "{name}: {got:?}");
+        }
+    }
+    assert!(FlowLossWeighting::None.weights(&sigmas).is_none());
+    // The flags' spellings.
+    assert_eq!("mode".parse::<TimestepDensity>().unwrap(), TimestepDensity::Mode { scale: 1.29 });
+    assert_eq!(
+        "logit-normal:0.5,1.5".parse::<TimestepDensity>().unwrap(),
+        TimestepDensity::LogitNormal { mean: 0.5, std: 1.5 }
+    );
+    for bad in ["logit-normal:0,-1", "mode:a", "beta"] {
+        assert!(bad.parse::<TimestepDensity>().is_err(), "{bad}");
+    }
+    assert_eq!("cosmap".parse::<FlowLossWeighting>().unwrap(), FlowLossWeighting::Cosmap);
+}

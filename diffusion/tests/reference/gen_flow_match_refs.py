@@ -10,6 +10,9 @@ deterministic fake velocity model `v = 0.5 * x - t / 1000` (t the scheduler's fl
 `x = linspace(-1, 1, 2*3*4*4)` reshaped to (2, 3, 4, 4): the sum of |x| after every step and the final
 sample's first 8 values. Stochastic sampling draws from torch's global CPU generator after
 `torch.manual_seed(0)`, which libtorch reproduces in Rust after `tch::manual_seed(0)`.
+
+For training: `compute_density_for_timestep_sampling` (8 draws after `torch.manual_seed(0)`) for each
+weighting scheme, and `compute_loss_weighting_for_sd3` at 7 sigmas.
 """
 import json
 import os
@@ -17,6 +20,7 @@ import os
 import diffusers
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 assert diffusers.__version__ == "0.42.1", diffusers.__version__
 
@@ -64,6 +68,21 @@ def main():
         case["step_abs_sums"] = sums
         case["final_head"] = [float(v) for v in x.flatten()[:8]]
         out["cases"].append(case)
+    out["densities"] = []
+    for scheme, mean, std, scale in [
+        ("logit_normal", 0.0, 1.0, None),
+        ("logit_normal", 0.5, 1.5, None),
+        ("mode", None, None, 1.29),
+        ("uniform", None, None, None),
+    ]:
+        torch.manual_seed(0)
+        u = compute_density_for_timestep_sampling(scheme, 8, logit_mean=mean, logit_std=std, mode_scale=scale)
+        out["densities"].append({"scheme": scheme, "mean": mean, "std": std, "scale": scale, "u": [float(v) for v in u]})
+    sigmas = torch.linspace(0.05, 0.95, 7)
+    out["weighting_sigmas"] = [float(v) for v in sigmas]
+    out["weightings"] = {
+        scheme: [float(v) for v in compute_loss_weighting_for_sd3(scheme, sigmas)] for scheme in ["sigma_sqrt", "cosmap"]
+    }
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flow_match.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
