@@ -3,19 +3,17 @@
 //! the training never uses) well below its start, and flow-euler and flow-heun samples from the
 //! reloaded run's EMA weights must be much closer to the digits than noise is, on the Fréchet
 //! distance between Gaussians fitted to the 64-dimensional pixel vectors.
+#[path = "common/pixels.rs"]
+mod pixels;
+
 use genlab_core::run::Overrides;
 use genlab_core::train::{run, HarnessConfig};
-use genlab_data::{Dataset, Loader, LoaderConfig};
+use genlab_data::{Loader, LoaderConfig};
 use genlab_diffusion::load::{DiffusionRun, SampleOptions};
 use genlab_diffusion::train::{DiffusionTask, DiffusionTrainOptions, Objective, Weights};
 use genlab_diffusion::{SchedulerKind, UNet2DModel};
+use pixels::{all_images, frechet_distance};
 use tch::{Device, Kind, Tensor};
-
-fn all_images(ds: &dyn Dataset) -> Tensor {
-    let [c, h, w] = ds.shape();
-    let px: Vec<u8> = (0..ds.len()).flat_map(|i| ds.get(i).unwrap().image).collect();
-    Tensor::from_slice(&px).view([ds.len() as i64, c as i64, h as i64, w as i64]).to_kind(Kind::Float) / 127.5 - 1.0
-}
 
 /// The mean velocity MSE over 128 images at sigmas 0.05, 0.15, ..., 0.95 (timestep 1000 sigma),
 /// with noise drawn from a seed the training never uses.
@@ -31,25 +29,6 @@ fn held_out_loss(model: &UNet2DModel, x: &Tensor) -> f64 {
         let v = model.forward_t(&noisy, &(&sigma * 1000.0), None, false).unwrap();
         (v - (&noise - &x0)).square().mean(Kind::Float).double_value(&[])
     })
-}
-
-/// Fréchet distance between Gaussians fitted to the rows of `a` and `b`, in f64.
-fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
-    let stats = |x: &Tensor| {
-        let x = x.flatten(1, -1).to_kind(Kind::Double);
-        let mu = x.mean_dim(0, false, Kind::Double);
-        let centred = &x - &mu;
-        let cov = centred.transpose(0, 1).matmul(&centred) / (x.size()[0] - 1) as f64;
-        (mu, cov)
-    };
-    let ((mu_a, c_a), (mu_b, c_b)) = (stats(a), stats(b));
-    let (evals, evecs) = c_a.linalg_eigh("L");
-    let root_a = evecs.matmul(&evals.clamp_min(0.0).sqrt().diag_embed(0, -2, -1)).matmul(&evecs.transpose(0, 1));
-    let m = root_a.matmul(&c_b).matmul(&root_a);
-    let m = (&m + m.transpose(0, 1)) / 2.0;
-    let tr_root = m.linalg_eigvalsh("L").clamp_min(0.0).sqrt().sum(Kind::Double).double_value(&[]);
-    let diff = (mu_a - mu_b).square().sum(Kind::Double).double_value(&[]);
-    diff + c_a.trace().double_value(&[]) + c_b.trace().double_value(&[]) - 2.0 * tr_root
 }
 
 #[test]

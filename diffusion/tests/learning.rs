@@ -2,12 +2,16 @@
 //! must take the denoising loss at fixed, never-trained-on noise draws well below its start, and DDIM
 //! samples from the EMA weights must be much closer to the digits than noise is, on the Fréchet
 //! distance between Gaussians fitted to the 64-dimensional pixel vectors (FID's formula on pixels).
+#[path = "common/pixels.rs"]
+mod pixels;
+
 use genlab_core::train::{run, HarnessConfig};
-use genlab_data::{Dataset, Loader, LoaderConfig};
+use genlab_data::{Loader, LoaderConfig};
 use genlab_diffusion::loss::denoising_loss;
 use genlab_diffusion::sample::sample;
 use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
 use genlab_diffusion::{NoiseSchedule, ScheduleConfig, SchedulerKind, UNet2DModel};
+use pixels::{all_images, frechet_distance};
 use tch::{Device, Kind, Tensor};
 
 /// `steps` steps into `dir` with no progress bar, sample grids or intermediate checkpoints.
@@ -21,12 +25,6 @@ fn quiet_harness(dir: &std::path::Path, steps: u64) -> HarnessConfig {
     }
 }
 
-fn all_images(ds: &dyn Dataset) -> Tensor {
-    let [c, h, w] = ds.shape();
-    let px: Vec<u8> = (0..ds.len()).flat_map(|i| ds.get(i).unwrap().image).collect();
-    Tensor::from_slice(&px).view([ds.len() as i64, c as i64, h as i64, w as i64]).to_kind(Kind::Float) / 127.5 - 1.0
-}
-
 /// The mean denoising loss over 128 images at timesteps 50, 150, ..., 950, with noise drawn from
 /// a seed the training never uses.
 fn held_out_loss(model: &UNet2DModel, schedule: &NoiseSchedule, x: &Tensor) -> f64 {
@@ -38,27 +36,6 @@ fn held_out_loss(model: &UNet2DModel, schedule: &NoiseSchedule, x: &Tensor) -> f
     tch::no_grad(|| {
         denoising_loss(model, schedule, &x0, &noise, &t, None, false).unwrap().mean(Kind::Float).double_value(&[])
     })
-}
-
-/// Fréchet distance between Gaussians fitted to the rows of `a` and `b` ([n, d]), in f64:
-/// `|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))`, the trace of the root computed as the sum of
-/// the square roots of the eigenvalues of the symmetric `C_a^(1/2) C_b C_a^(1/2)`.
-fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
-    let stats = |x: &Tensor| {
-        let x = x.flatten(1, -1).to_kind(Kind::Double);
-        let mu = x.mean_dim(0, false, Kind::Double);
-        let centred = &x - &mu;
-        let cov = centred.transpose(0, 1).matmul(&centred) / (x.size()[0] - 1) as f64;
-        (mu, cov)
-    };
-    let ((mu_a, c_a), (mu_b, c_b)) = (stats(a), stats(b));
-    let (evals, evecs) = c_a.linalg_eigh("L");
-    let root_a = evecs.matmul(&evals.clamp_min(0.0).sqrt().diag_embed(0, -2, -1)).matmul(&evecs.transpose(0, 1));
-    let m = root_a.matmul(&c_b).matmul(&root_a);
-    let m = (&m + m.transpose(0, 1)) / 2.0;
-    let tr_root = m.linalg_eigvalsh("L").clamp_min(0.0).sqrt().sum(Kind::Double).double_value(&[]);
-    let diff = (mu_a - mu_b).square().sum(Kind::Double).double_value(&[]);
-    diff + c_a.trace().double_value(&[]) + c_b.trace().double_value(&[]) - 2.0 * tr_root
 }
 
 #[test]
