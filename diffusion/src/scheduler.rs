@@ -199,29 +199,26 @@ pub fn strength_timesteps(scheduler: &dyn Scheduler, strength: f64) -> Result<Ve
 /// A scheduler of `kind` over `config`'s schedule, with `steps` inference timesteps set. The
 /// flow-matching kinds need a flow-matching schedule (`config.flow`), which only they sample.
 pub fn build(kind: SchedulerKind, config: &ScheduleConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
-    match (&config.flow, kind.is_flow()) {
-        (Some(_), false) => {
+    let mut s: Box<dyn Scheduler> = match (kind, &config.flow) {
+        (SchedulerKind::FlowEuler, Some(flow)) => Box::new(FlowMatchEuler::new(flow)?),
+        (SchedulerKind::FlowHeun, Some(flow)) => Box::new(FlowMatchHeun::new(flow)?),
+        (_, Some(_)) => {
             return Err(DiffusionError::Config(format!(
                 "{kind} samples denoising-diffusion models; this is a flow-matching model: use flow-euler or flow-heun"
             )))
         }
-        (None, true) => {
+        (SchedulerKind::FlowEuler | SchedulerKind::FlowHeun, None) => {
             return Err(DiffusionError::Config(format!(
                 "{kind} samples flow-matching models; this is a denoising-diffusion model: use ddpm, ddim, dpmpp-2m, \
                  euler, euler-a or heun"
             )))
         }
-        _ => {}
-    }
-    let mut s: Box<dyn Scheduler> = match kind {
-        SchedulerKind::FlowEuler => Box::new(FlowMatchEuler::new(config.flow.as_ref().unwrap_or(&Default::default()))?),
-        SchedulerKind::FlowHeun => Box::new(FlowMatchHeun::new(config.flow.as_ref().unwrap_or(&Default::default()))?),
-        SchedulerKind::Ddpm => Box::new(Ddpm::new(config)?),
-        SchedulerKind::Ddim => Box::new(Ddim::new(config)?),
-        SchedulerKind::DpmPp2m => Box::new(DpmSolverMultistep::new(config)?),
-        SchedulerKind::Euler => Box::new(Euler::new(config)?),
-        SchedulerKind::EulerAncestral => Box::new(EulerAncestral::new(config)?),
-        SchedulerKind::Heun => Box::new(Heun::new(config)?),
+        (SchedulerKind::Ddpm, None) => Box::new(Ddpm::new(config)?),
+        (SchedulerKind::Ddim, None) => Box::new(Ddim::new(config)?),
+        (SchedulerKind::DpmPp2m, None) => Box::new(DpmSolverMultistep::new(config)?),
+        (SchedulerKind::Euler, None) => Box::new(Euler::new(config)?),
+        (SchedulerKind::EulerAncestral, None) => Box::new(EulerAncestral::new(config)?),
+        (SchedulerKind::Heun, None) => Box::new(Heun::new(config)?),
     };
     s.set_timesteps(steps)?;
     Ok(s)
@@ -293,6 +290,23 @@ fn check_timesteps(name: &'static str, timesteps: &[f64], steps: usize, t: usize
         (None, None) => return Ok(()),
     };
     Err(DiffusionError::DegenerateTimesteps { scheduler: name, steps, problem, num_train_timesteps: t, hint })
+}
+
+/// Where a sigma-indexed scheduler is in its schedule at timestep `t`: its own count of steps once
+/// stepping has begun, else `t`'s place in `timesteps` (diffusers' `_init_step_index`); an error
+/// before `set_timesteps` or past the last step.
+fn step_position(name: &'static str, timesteps: &[f64], step_index: Option<usize>, t: f64) -> Result<usize> {
+    if timesteps.is_empty() {
+        return Err(DiffusionError::NotInitialized { scheduler: name });
+    }
+    let i = match step_index {
+        Some(i) => i,
+        None => index_for_timestep(name, timesteps, t)?,
+    };
+    if i >= timesteps.len() {
+        return Err(DiffusionError::PastLastStep { scheduler: name, calls: i + 1, len: timesteps.len() });
+    }
+    Ok(i)
 }
 
 /// diffusers' `index_for_timestep`: the position of `t` in `timesteps`, the second one if `t`
@@ -395,17 +409,7 @@ impl SigmaSteps {
 
     /// The step about to be taken: the counter, or where `t` is in the schedule before the first step.
     fn index(&self, t: f64) -> Result<usize> {
-        if self.timesteps.is_empty() {
-            return Err(DiffusionError::NotInitialized { scheduler: self.name });
-        }
-        let i = match self.step_index {
-            Some(i) => i,
-            None => index_for_timestep(self.name, &self.timesteps, t)?,
-        };
-        if i >= self.timesteps.len() {
-            return Err(DiffusionError::PastLastStep { scheduler: self.name, calls: i + 1, len: self.timesteps.len() });
-        }
-        Ok(i)
+        step_position(self.name, &self.timesteps, self.step_index, t)
     }
 
     fn scale_model_input(&self, sample: &Tensor, t: f64) -> Result<Tensor> {

@@ -554,9 +554,20 @@ impl DiffusionTask {
             None => None,
         };
         let x0 = latents.as_ref().unwrap_or(&batch.images);
-        if let (Some(obj), Some(sigmas)) = (self.run.flow, &self.flow_sigmas) {
-            return self.flow_step(x0, batch, obj, &sigmas.shallow_clone());
-        }
+        let (per_sample, weights) = match (self.run.flow, &self.flow_sigmas) {
+            (Some(obj), Some(sigmas)) => self.flow_loss(x0, batch, obj, sigmas)?,
+            _ => self.denoising_loss(x0, batch)?,
+        };
+        let loss = weighted_mean(&per_sample, weights.as_ref());
+        let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
+        self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
+        self.opt.backward_step_with(&loss, self.scaler.as_mut());
+        self.ema.update();
+        Ok(StepOutput { loss: loss.double_value(&[]), metrics: vec![("mse".into(), mse)] })
+    }
+
+    /// Per-sample denoising losses at uniform training timesteps, and their min-SNR weights if set.
+    fn denoising_loss(&self, x0: &Tensor, batch: &Batch) -> Result<(Tensor, Option<Tensor>)> {
         let n = x0.size()[0];
         let t = Tensor::randint(self.schedule.num_train_timesteps() as i64, [n], (Kind::Int64, self.device));
         let noise = x0.randn_like();
@@ -565,26 +576,19 @@ impl DiffusionTask {
             denoising_loss(&self.net.unet, &self.schedule, x0, &noise, &t, labels.as_ref(), true)
         })?;
         let weights = self.run.min_snr_gamma.map(|g| self.schedule.min_snr_weights(&t, g)).transpose()?;
-        let loss = weighted_mean(&per_sample, weights.as_ref());
-        let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
-        self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
-        self.opt.backward_step_with(&loss, self.scaler.as_mut());
-        self.ema.update();
-        Ok(StepOutput { loss: loss.double_value(&[]), metrics: vec![("mse".into(), mse)] })
+        Ok((per_sample, weights))
     }
-}
 
-impl DiffusionTask {
-    /// One flow-matching step: sigmas drawn by the run's density from the training sigmas, the
-    /// model asked for the velocity `noise - x0` at `(1 - sigma) x0 + sigma noise` and timestep
-    /// `sigma N` (diffusers' `train_dreambooth_sd3.py`), the loss weighted per sample.
-    fn flow_step(
-        &mut self,
+    /// Per-sample flow-matching losses and their weights: sigmas drawn by the run's density from
+    /// the training sigmas, the model asked for the velocity `noise - x0` at
+    /// `(1 - sigma) x0 + sigma noise` and timestep `sigma N` (diffusers' `train_dreambooth_sd3.py`).
+    fn flow_loss(
+        &self,
         x0: &Tensor,
         batch: &Batch,
         obj: FlowObjective,
         train_sigmas: &Tensor,
-    ) -> Result<StepOutput> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let n = x0.size()[0];
         let n_train = train_sigmas.size()[0];
         let u = obj.density.sample(n, self.device);
@@ -600,13 +604,7 @@ impl DiffusionTask {
             let out = self.net.unet.forward_t(&noisy, &timesteps, labels.as_ref(), true)?;
             Ok(crate::loss::per_sample_mse(&out, &target))
         })?;
-        let weights = obj.weighting.weights(&sigmas);
-        let loss = weighted_mean(&per_sample, weights.as_ref());
-        let mse = per_sample.detach().mean(Kind::Float).double_value(&[]);
-        self.opt.set_lr(self.lr_at(self.opt.steps_taken() as u64));
-        self.opt.backward_step_with(&loss, self.scaler.as_mut());
-        self.ema.update();
-        Ok(StepOutput { loss: loss.double_value(&[]), metrics: vec![("mse".into(), mse)] })
+        Ok((per_sample, obj.weighting.weights(&sigmas)))
     }
 }
 

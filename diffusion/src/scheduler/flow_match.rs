@@ -11,7 +11,7 @@
 //! (`diffusion/tests/reference/flow_match.py`).
 use tch::Tensor;
 
-use super::{check_steps, index_for_timestep, np_linspace, upcast, Scheduler};
+use super::{check_steps, index_for_timestep, np_linspace, step_position, upcast, Scheduler};
 use crate::error::{DiffusionError, Result};
 use crate::schedule::{FlowMatchConfig, TimeShift};
 
@@ -76,24 +76,6 @@ impl FlowMatchEuler {
     pub fn set_begin_index(&mut self, i: usize) {
         self.step_index = Some(i);
     }
-
-    fn sigma_at(&self, t: f64) -> Result<usize> {
-        if self.timesteps.is_empty() {
-            return Err(DiffusionError::NotInitialized { scheduler: "flow-euler" });
-        }
-        let i = match self.step_index {
-            Some(i) => i,
-            None => index_for_timestep("flow-euler", &self.timesteps, t)?,
-        };
-        if i >= self.timesteps.len() {
-            return Err(DiffusionError::PastLastStep {
-                scheduler: "flow-euler",
-                calls: i + 1,
-                len: self.timesteps.len(),
-            });
-        }
-        Ok(i)
-    }
 }
 
 impl Scheduler for FlowMatchEuler {
@@ -148,7 +130,7 @@ impl Scheduler for FlowMatchEuler {
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
-        let i = self.sigma_at(timestep)?;
+        let i = step_position("flow-euler", &self.timesteps, self.step_index, timestep)?;
         let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
         let sample = upcast(sample).to_kind(tch::Kind::Float);
         let prev = if self.config.stochastic_sampling {
@@ -262,20 +244,7 @@ impl Scheduler for FlowMatchHeun {
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
-        if self.timesteps.is_empty() {
-            return Err(DiffusionError::NotInitialized { scheduler: "flow-heun" });
-        }
-        let i = match self.step_index {
-            Some(i) => i,
-            None => index_for_timestep("flow-heun", &self.timesteps, timestep)?,
-        };
-        if i >= self.timesteps.len() {
-            return Err(DiffusionError::PastLastStep {
-                scheduler: "flow-heun",
-                calls: i + 1,
-                len: self.timesteps.len(),
-            });
-        }
+        let i = step_position("flow-heun", &self.timesteps, self.step_index, timestep)?;
         let sample = upcast(sample).to_kind(tch::Kind::Float);
         let prev = match self.pending.take() {
             None => {
