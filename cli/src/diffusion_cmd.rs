@@ -13,10 +13,11 @@ use tch::Tensor;
 
 #[derive(Subcommand, Debug)]
 pub enum DiffusionCommand {
-    /// Train a denoising diffusion or (--objective flow) flow-matching model (presets: unet-tiny, unet-small,
-    /// unet-28, unet-32, unet-64, unet-ddpm), on pixels or, with --latent-autoencoder, on a KL autoencoder's latents.
+    /// Train a denoising diffusion or (--objective flow) flow-matching model, a U-Net (presets: unet-tiny,
+    /// unet-small, unet-28, unet-32, unet-64, unet-ddpm) or a diffusion transformer (dit-s; the paper's DiT-S/2
+    /// ... DiT-XL/8), on pixels or, with --latent-autoencoder, on a KL autoencoder's latents.
     #[command(
-        after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume\n  genlab vae train --model kl-f4 --data fashion-mnist --steps 5000 --out runs/kl-f4-fashion\n  genlab diffusion train --model unet-tiny --data fashion-mnist --latent-autoencoder runs/kl-f4-fashion --steps 20000 --out runs/ldm-fashion"
+        after_help = "Examples:\n  genlab diffusion train --model unet-tiny --data digits --steps 2000 --out runs/ddpm-digits\n  genlab diffusion train --model unet-28 --data mnist5k --steps 20000 --out runs/ddpm-mnist --cond --prediction v --schedule cosine\n  genlab diffusion train --model unet-28 --out runs/ddpm-mnist --steps 40000 --resume\n  genlab vae train --model kl-f4 --data fashion-mnist --steps 5000 --out runs/kl-f4-fashion\n  genlab diffusion train --model unet-tiny --data fashion-mnist --latent-autoencoder runs/kl-f4-fashion --steps 20000 --out runs/ldm-fashion\n  genlab diffusion train --model dit-s --objective flow --data fashion-mnist --steps 1200 --out runs/dit-flow-fashion"
     )]
     Train(Box<TrainFlags>),
     /// Sample from a trained model (its EMA weights, or --weights raw).

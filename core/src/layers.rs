@@ -218,9 +218,14 @@ pub struct TimestepEmbedding {
 
 impl TimestepEmbedding {
     pub fn new(vs: nn::Path<'_>, in_channels: i64, time_embed_dim: i64) -> Self {
+        Self::with_config(vs, in_channels, time_embed_dim, Default::default())
+    }
+
+    /// Both layers with the initialisation of `cfg`.
+    pub fn with_config(vs: nn::Path<'_>, in_channels: i64, time_embed_dim: i64, cfg: nn::LinearConfig) -> Self {
         TimestepEmbedding {
-            linear_1: nn::linear(&vs / "linear_1", in_channels, time_embed_dim, Default::default()),
-            linear_2: nn::linear(&vs / "linear_2", time_embed_dim, time_embed_dim, Default::default()),
+            linear_1: nn::linear(&vs / "linear_1", in_channels, time_embed_dim, cfg),
+            linear_2: nn::linear(&vs / "linear_2", time_embed_dim, time_embed_dim, cfg),
         }
     }
 }

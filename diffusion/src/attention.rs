@@ -22,10 +22,10 @@ impl Projection {
     }
 }
 
-/// diffusers' `Attention` (`to_q`, `to_k`, `to_v` without bias, `to_out.0`): multi-head attention of
-/// `xs` over itself or over a context.
+/// diffusers' `Attention` (`to_q`, `to_k`, `to_v`, with bias as `attention_bias` says, `to_out.0`):
+/// multi-head attention of `xs` over itself or over a context.
 #[derive(Debug)]
-struct Attention {
+pub(crate) struct Attention {
     to_q: nn::Linear,
     to_k: nn::Linear,
     to_v: nn::Linear,
@@ -37,12 +37,25 @@ struct Attention {
 
 impl Attention {
     fn new(vs: nn::Path<'_>, query_dim: i64, context_dim: i64, heads: i64, head_dim: i64, upcast: bool) -> Self {
+        Self::with_bias(vs, query_dim, context_dim, heads, head_dim, upcast, false)
+    }
+
+    /// `bias`: diffusers' `attention_bias` (bias on `to_q`, `to_k`, `to_v`; `to_out.0` always has one).
+    pub(crate) fn with_bias(
+        vs: nn::Path<'_>,
+        query_dim: i64,
+        context_dim: i64,
+        heads: i64,
+        head_dim: i64,
+        upcast: bool,
+        bias: bool,
+    ) -> Self {
         let inner = heads * head_dim;
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let qkv = nn::LinearConfig { bias, ..Default::default() };
         Attention {
-            to_q: nn::linear(&vs / "to_q", query_dim, inner, no_bias),
-            to_k: nn::linear(&vs / "to_k", context_dim, inner, no_bias),
-            to_v: nn::linear(&vs / "to_v", context_dim, inner, no_bias),
+            to_q: nn::linear(&vs / "to_q", query_dim, inner, qkv),
+            to_k: nn::linear(&vs / "to_k", context_dim, inner, qkv),
+            to_v: nn::linear(&vs / "to_v", context_dim, inner, qkv),
             to_out: nn::linear(&vs / "to_out" / 0, inner, query_dim, Default::default()),
             heads,
             head_dim,
@@ -50,11 +63,25 @@ impl Attention {
         }
     }
 
+    /// Xavier-uniform weights and zero biases for the four projections (the DiT paper's init).
+    pub(crate) fn xavier_init(&mut self) {
+        tch::no_grad(|| {
+            for l in [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out] {
+                let s = l.ws.size();
+                let a = (6.0 / (s[0] + s[1]) as f64).sqrt();
+                let _ = l.ws.uniform_(-a, a);
+                if let Some(b) = &mut l.bs {
+                    let _ = b.zero_();
+                }
+            }
+        });
+    }
+
     /// # Shapes
     /// - `xs`: [batch, tokens, query_dim]
     /// - `context`: [batch, context_tokens, context_dim]; `None` for self-attention
     /// - returns [batch, tokens, query_dim]
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, slice: Option<i64>) -> Tensor {
+    pub(crate) fn forward(&self, xs: &Tensor, context: Option<&Tensor>, slice: Option<i64>) -> Tensor {
         let context = context.unwrap_or(xs);
         let (b, n) = (xs.size()[0], xs.size()[1]);
         let split = |t: Tensor| t.view([b, -1, self.heads, self.head_dim]).transpose(1, 2);

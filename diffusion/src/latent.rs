@@ -33,11 +33,11 @@ use genlab_vae::{AutoencoderKL, AutoencoderKLConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::backbone::Backbone;
 use crate::error::{DiffusionError, Result};
 use crate::sample::{check_mask, RePaint};
 use crate::schedule::ScheduleConfig;
 use crate::scheduler::SchedulerKind;
-use crate::unet::UNet2DModel;
 
 /// The folder of a latent run that holds its copy of the autoencoder.
 pub const AUTOENCODER_DIR: &str = "autoencoder";
@@ -281,7 +281,7 @@ impl LatentAutoencoder {
 /// - `labels`: [n] int64
 /// - returns [n, c, h, w] in [-1, 1], the autoencoder's image shape
 pub fn sample(
-    model: &UNet2DModel,
+    model: &Backbone,
     ae: &LatentAutoencoder,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
@@ -302,7 +302,7 @@ pub fn sample(
 /// - `labels`: [n] int64
 /// - returns [n, c, h, w] in [-1, 1]
 pub fn img2img(
-    model: &UNet2DModel,
+    model: &Backbone,
     ae: &LatentAutoencoder,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
@@ -344,7 +344,7 @@ pub fn latent_mask(mask: &Tensor, f: i64) -> Result<Tensor> {
 /// - `labels`: [n] int64
 /// - returns [n, c, h, w] in [-1, 1]
 pub fn inpaint(
-    model: &UNet2DModel,
+    model: &Backbone,
     ae: &LatentAutoencoder,
     schedule: &ScheduleConfig,
     image: &Tensor,

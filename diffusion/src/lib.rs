@@ -5,6 +5,9 @@
 //! - [`scheduler`]: the [`Scheduler`] trait and DDPM, DDIM, DPM-Solver++(2M), Euler, Euler ancestral
 //!   and Heun, built by name with [`build`].
 //! - [`unet`]: diffusers' `UNet2DModel` ([`UNet2DModel`], [`UNet2DConfig`] and its presets).
+//! - [`dit`]: diffusers' `DiTTransformer2DModel`, the diffusion transformer ([`DiTModel`], [`DiTConfig`]
+//!   and its presets).
+//! - [`backbone`]: a run's network, either of the two ([`Backbone`], [`BackboneConfig`]).
 //! - [`loss`]: the denoising objective as free functions.
 //! - [`train`]: the training step for genlab-core's harness ([`train::DiffusionTask`]), and loading runs.
 //! - [`sample`]: sampling with classifier-free guidance, RePaint inpainting and SDEdit image-to-image.
@@ -15,8 +18,10 @@
 //!   run setup (scale estimate, a self-contained copy of the autoencoder) and decoded sampling,
 //!   image-to-image and inpainting.
 mod attention;
+pub mod backbone;
 pub mod clip;
 pub mod denoise;
+pub mod dit;
 pub mod error;
 pub mod latent;
 pub mod load;
@@ -30,6 +35,8 @@ pub mod unet;
 mod unet_2d_blocks;
 pub mod weights;
 
+pub use backbone::{Backbone, BackboneConfig};
+pub use dit::{DiTConfig, DiTModel};
 pub use error::{DiffusionError, Result};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, ScheduleConfig, TimestepSpacing};
 pub use scheduler::{build, FlowMatchConfig, FlowMatchEuler, FlowMatchHeun, Scheduler, SchedulerKind};

@@ -79,7 +79,7 @@ impl DiffusionRun {
     /// - returns [n, c, h, w], the run's image shape
     pub fn sample_with(&self, n: i64, opts: &SampleOptions) -> Result<Tensor> {
         let labels = self.labels(n, opts);
-        let (unet, schedule) = (&self.net.unet, &self.run.schedule);
+        let (unet, schedule) = (&self.net.model, &self.run.schedule);
         let (kind, steps, g) = (opts.scheduler, opts.steps, opts.guidance_scale);
         match &self.ae {
             Some(ae) => crate::latent::sample(unet, ae, schedule, kind, steps, n, labels.as_ref(), g),
@@ -96,7 +96,7 @@ impl DiffusionRun {
 
     /// Channels of the images the run makes: the autoencoder's for a latent run.
     pub fn image_channels(&self) -> i64 {
-        self.ae.as_ref().map(|ae| ae.latent.image_shape[0]).unwrap_or(self.net.unet.cfg.in_channels)
+        self.ae.as_ref().map(|ae| ae.latent.image_shape[0]).unwrap_or(self.net.model.in_channels())
     }
 
     /// SDEdit image-to-image: `image` noised to `strength` of the schedule, then denoised with `opts`
@@ -106,7 +106,7 @@ impl DiffusionRun {
     /// - `image`: [n, c, h, w] in [-1, 1] -> [n, c, h, w] in [-1, 1]
     pub fn img2img(&self, image: &Tensor, strength: f64, opts: &SampleOptions) -> Result<Tensor> {
         let labels = self.labels(image.size()[0], opts);
-        let (unet, schedule) = (&self.net.unet, &self.run.schedule);
+        let (unet, schedule) = (&self.net.model, &self.run.schedule);
         let (kind, steps, g) = (opts.scheduler, opts.steps, opts.guidance_scale);
         match &self.ae {
             Some(ae) => crate::latent::img2img(unet, ae, schedule, kind, steps, image, strength, labels.as_ref(), g),
@@ -121,7 +121,7 @@ impl DiffusionRun {
     /// - `image`: [n, c, h, w] in [-1, 1]; `mask`: [n or 1, 1 or c, h, w] -> [n, c, h, w] in [-1, 1]
     pub fn inpaint(&self, image: &Tensor, mask: &Tensor, repaint: RePaint, opts: &SampleOptions) -> Result<Tensor> {
         let labels = self.labels(image.size()[0], opts);
-        let (unet, schedule, steps, g) = (&self.net.unet, &self.run.schedule, opts.steps, opts.guidance_scale);
+        let (unet, schedule, steps, g) = (&self.net.model, &self.run.schedule, opts.steps, opts.guidance_scale);
         match &self.ae {
             Some(ae) => crate::latent::inpaint(unet, ae, schedule, image, mask, steps, repaint, labels.as_ref(), g),
             None => crate::sample::inpaint(unet, schedule, image, mask, steps, repaint, labels.as_ref(), g),

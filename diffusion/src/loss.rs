@@ -6,9 +6,9 @@
 //! `examples/text_to_image/train_text_to_image.py`.
 use tch::{Kind, Tensor};
 
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::schedule::NoiseSchedule;
-use crate::unet::UNet2DModel;
 
 /// The mean squared error of each sample, over every dimension but the first.
 ///
@@ -39,7 +39,7 @@ pub fn weighted_mean(per_sample: &Tensor, weights: Option<&Tensor>) -> Tensor {
 /// - `labels`: [batch] int64, for a class-conditional model
 /// - returns [batch] (f32)
 pub fn denoising_loss(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &NoiseSchedule,
     x0: &Tensor,
     noise: &Tensor,

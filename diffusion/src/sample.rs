@@ -19,15 +19,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::backbone::Backbone;
 use crate::denoise::{denoise, keep, Denoiser, Move};
 use crate::error::{DiffusionError, Result};
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
-use crate::scheduler::{build, strength_timesteps, Scheduler, SchedulerKind};
-use crate::unet::UNet2DModel;
+use crate::scheduler::{build, strength_timesteps, FlowMatchEuler, Scheduler, SchedulerKind};
 
 /// Labels and guidance checked against the model: `None` for an unconditional model, else one label
 /// per sample on the model's device (classes cycled `0, 1, ..` when none are given).
-fn resolve_labels(model: &UNet2DModel, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Option<Tensor>> {
+fn resolve_labels(model: &Backbone, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Option<Tensor>> {
     if !guidance_scale.is_finite() || guidance_scale < 0.0 {
         return Err(DiffusionError::Config(format!("guidance scale must be finite and >= 0, got {guidance_scale}")));
     }
@@ -57,7 +57,7 @@ fn resolve_labels(model: &UNet2DModel, labels: Option<&Tensor>, n: i64, guidance
 /// # Shapes
 /// - `x`: [n, c, h, w], `labels`: [n] -> [n, c, h, w]
 fn guided_output(
-    model: &UNet2DModel,
+    model: &Backbone,
     x: &Tensor,
     timestep: f64,
     labels: Option<&Tensor>,
@@ -83,7 +83,7 @@ fn guided_output(
 /// A class-conditional or unconditional U-Net with its labels and guidance scale: the
 /// [`Denoiser`] of pixel and latent runs.
 pub struct ClassGuided<'a> {
-    pub model: &'a UNet2DModel,
+    pub model: &'a Backbone,
     /// One label per sample (checked by [`ClassGuided::new`]); `None` for an unconditional model.
     pub labels: Option<Tensor>,
     pub guidance_scale: f64,
@@ -92,7 +92,7 @@ pub struct ClassGuided<'a> {
 impl<'a> ClassGuided<'a> {
     /// Check `labels` and `guidance_scale` against `model` for `n` samples (classes cycled when a
     /// conditional model gets no labels).
-    pub fn new(model: &'a UNet2DModel, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Self> {
+    pub fn new(model: &'a Backbone, labels: Option<&Tensor>, n: i64, guidance_scale: f64) -> Result<Self> {
         Ok(ClassGuided { model, labels: resolve_labels(model, labels, n, guidance_scale)?, guidance_scale })
     }
 }
@@ -112,7 +112,7 @@ impl Denoiser for ClassGuided<'_> {
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, sample_size.0, sample_size.1] in [-1, 1]
 pub fn sample(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
     steps: usize,
@@ -129,7 +129,7 @@ pub fn sample(
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, sample_size.0, sample_size.1]
 pub(crate) fn sample_unclamped(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
     steps: usize,
@@ -142,8 +142,8 @@ pub(crate) fn sample_unclamped(
     }
     let mut scheduler = build(kind, schedule, steps)?;
     let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
-    let [h, w] = model.cfg.sample_size;
-    let shape = [n, model.cfg.in_channels, h, w];
+    let [h, w] = model.sample_size();
+    let shape = [n, model.in_channels(), h, w];
     let x = tch::no_grad(|| Tensor::randn(shape, (Kind::Float, model.device())) * scheduler.init_noise_sigma());
     let moves = Move::steps(scheduler.timesteps());
     denoise(&denoiser, scheduler.as_mut(), x, &moves, &mut keep)
@@ -210,8 +210,10 @@ pub(crate) fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
 }
 
 /// Fill the unknown region of `image` (where `mask` is 0; 1 marks known pixels, values are rounded at
-/// 0.5) with RePaint and DDPM over `steps` inference steps. At every step the known region is
-/// replaced by the original noised to that step's noise level, so at the end it is the original exactly.
+/// 0.5) with RePaint (Lugmayr et al., arXiv 2201.09865) over `steps` inference steps: DDPM steps and
+/// DDPM's forward process for the jumps back on a denoising run; flow-euler steps and the flow path
+/// `(1 - sigma) x0 + sigma eps` on a flow-matching run. At every step the known region is replaced by
+/// the original noised to that step's noise level, so at the end it is the original exactly.
 ///
 /// # Shapes
 /// - `image`: [n, in_channels, h, w] in [-1, 1]
@@ -219,7 +221,7 @@ pub(crate) fn check_mask(image: &Tensor, mask: &Tensor) -> Result<()> {
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, h, w] in [-1, 1]
 pub fn inpaint(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     image: &Tensor,
     mask: &Tensor,
@@ -243,7 +245,7 @@ pub fn inpaint(
 /// # Shapes
 /// - as [`inpaint`]; returns [n, in_channels, h, w]
 pub(crate) fn inpaint_unclamped(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     image: &Tensor,
     mask: &Tensor,
@@ -253,29 +255,42 @@ pub(crate) fn inpaint_unclamped(
     guidance_scale: f64,
 ) -> Result<Tensor> {
     check_mask(image, mask)?;
-    if schedule.flow.is_some() {
-        return Err(DiffusionError::Config(
-            "RePaint inpainting renoises with the DDPM forward process: it needs a denoising-diffusion run, and this \
-             one is flow matching"
-                .into(),
-        ));
-    }
     if repaint.jump_length == 0 || repaint.resamplings == 0 {
         return Err(DiffusionError::Config(format!(
             "RePaint needs jump_length >= 1 and resamplings >= 1, got {} and {}",
             repaint.jump_length, repaint.resamplings
         )));
     }
-    let mut scheduler = build(SchedulerKind::Ddpm, schedule, steps)?;
     let n = image.size()[0];
     let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
-    let noise_schedule = NoiseSchedule::new(schedule)?;
-    let abar = noise_schedule.alphas_cumprod();
+    // The reverse steps: DDPM for a denoising run, flow-euler (restarted at each step's own place in
+    // the schedule, since RePaint goes back up it) for a flow-matching run.
+    let mut scheduler: Box<dyn Scheduler> = match &schedule.flow {
+        None => build(SchedulerKind::Ddpm, schedule, steps)?,
+        Some(flow) => {
+            let mut euler = FlowMatchEuler::new(flow)?;
+            euler.set_timesteps(steps)?;
+            Box::new(RestartingEuler(euler))
+        }
+    };
     let timesteps = scheduler.timesteps().to_vec();
     let k = timesteps.len();
     // Level l >= 1 is inference timestep k - l; level 0 is the clean image.
     let timestep = |l: usize| timesteps[k - l];
+    // How the known region and the jumps back are noised: DDPM's forward process, or the flow path.
+    let noise_schedule = NoiseSchedule::new(schedule)?;
+    let abar = noise_schedule.alphas_cumprod();
+    let sigmas: Vec<f64> = match &schedule.flow {
+        Some(flow) => {
+            let mut euler = FlowMatchEuler::new(flow)?;
+            euler.set_timesteps(steps)?;
+            euler.sigmas().to_vec()
+        }
+        None => Vec::new(),
+    };
+    let flow = schedule.flow.is_some();
     let abar_at = |l: usize| if l == 0 { 1.0 } else { abar[timestep(l) as usize] };
+    let sigma_at = |l: usize| if l == 0 { 0.0 } else { sigmas[k - l] };
     // Down one level: a reverse step; up a jump: the forward process. `to[i]`: the level after move i.
     let levels = repaint.levels(k);
     let (moves, to): (Vec<Move>, Vec<usize>) = levels
@@ -283,8 +298,10 @@ pub(crate) fn inpaint_unclamped(
         .map(|w| {
             let m = if w[1] < w[0] {
                 Move::Step(timestep(w[0]))
+            } else if flow {
+                Move::flow_renoise(sigma_at(w[0]), sigma_at(w[1]))
             } else {
-                Move::Renoise { ratio: abar_at(w[1]) / abar_at(w[0]) }
+                Move::ddpm_renoise(abar_at(w[0]), abar_at(w[1]))
             };
             (m, w[1])
         })
@@ -301,6 +318,9 @@ pub(crate) fn inpaint_unclamped(
     let mut replace_known = |i: usize, generated: Tensor, _: &dyn Scheduler| -> Result<Tensor> {
         let known_part = if to[i] == 0 {
             original.shallow_clone()
+        } else if flow {
+            let s = sigma_at(to[i]);
+            &original * (1.0 - s) + original.randn_like() * s
         } else {
             let t_to = Tensor::from_slice(&[timestep(to[i]) as i64]);
             noise_schedule.add_noise(&original, &original.randn_like(), &t_to)?
@@ -309,6 +329,39 @@ pub(crate) fn inpaint_unclamped(
     };
     let x = denoise(&denoiser, scheduler.as_mut(), x, &moves, &mut replace_known)?;
     Ok(tch::no_grad(|| &known * &original + &unknown * x))
+}
+
+/// flow-euler that takes each step from the place of its timestep in the schedule, whatever it did
+/// before: RePaint's loop goes back up the schedule and down again.
+struct RestartingEuler(FlowMatchEuler);
+
+impl Scheduler for RestartingEuler {
+    fn timesteps(&self) -> &[f64] {
+        self.0.timesteps()
+    }
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        self.0.set_timesteps(steps)
+    }
+    fn scale_model_input(&self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
+        self.0.scale_model_input(sample, timestep)
+    }
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
+        let i = self.0.timesteps().iter().position(|&t| t == timestep).ok_or_else(|| {
+            DiffusionError::UnknownTimestep {
+                scheduler: "flow-euler",
+                timestep,
+                timesteps: self.0.timesteps().to_vec(),
+            }
+        })?;
+        self.0.set_begin_index(i);
+        self.0.step(model_output, timestep, sample)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        self.0.add_noise(original, noise, timesteps)
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        self.0.init_noise_sigma()
+    }
 }
 
 /// SDEdit: noise `image` to `strength` (0 < strength <= 1) of the way along the sampler's schedule,
@@ -320,7 +373,7 @@ pub(crate) fn inpaint_unclamped(
 /// - `labels`: [n] int64
 /// - returns [n, in_channels, h, w] in [-1, 1]
 pub fn img2img(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
     steps: usize,
@@ -337,7 +390,7 @@ pub fn img2img(
 /// # Shapes
 /// - as [`img2img`]; returns [n, in_channels, h, w]
 pub(crate) fn img2img_unclamped(
-    model: &UNet2DModel,
+    model: &Backbone,
     schedule: &ScheduleConfig,
     kind: SchedulerKind,
     steps: usize,
@@ -349,11 +402,11 @@ pub(crate) fn img2img_unclamped(
     let mut scheduler = build(kind, schedule, steps)?;
     let timesteps = strength_timesteps(scheduler.as_ref(), strength)?;
     let n = match image.size().as_slice() {
-        &[n, c, _, _] if c == model.cfg.in_channels && n > 0 => n,
+        &[n, c, _, _] if c == model.in_channels() && n > 0 => n,
         s => {
             return Err(DiffusionError::Shape(format!(
                 "the image has shape {s:?}: expected [n, {}, height, width]",
-                model.cfg.in_channels
+                model.in_channels()
             )))
         }
     };

@@ -25,12 +25,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::backbone::{Backbone, BackboneConfig};
 use crate::error::{DiffusionError, Result};
 use crate::latent::{LatentAutoencoder, LatentConfig};
 use crate::loss::{denoising_loss, weighted_mean};
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::scheduler::SchedulerKind;
-use crate::unet::{UNet2DConfig, UNet2DModel};
 
 pub const FAMILY: &str = "diffusion";
 
@@ -38,15 +38,18 @@ fn ratio_warmup() -> EmaWarmup {
     EmaWarmup::Ratio
 }
 
-/// The learning rate a new run of U-Net preset `model` starts with (after its warm-up).
+/// The learning rate a new run of preset `model` starts with (after its warm-up).
 ///
 /// The small CPU presets learn much faster at a high rate, which the warm-up, gradient clipping and EMA
 /// keep stable: `unet-small`, 1,200 steps of batch 64 on Fashion-MNIST, DPM-Solver++ 20 from the EMA,
 /// Fréchet distance in the Fashion-MNIST classifier's features: 12.9 at 2e-4, 5.2 at 1e-3, 3.9 at 2e-3.
-/// The wider presets keep DDPM's 2e-4 (Ho et al., arXiv 2006.11239, appendix B).
+/// `dit-s` takes 1e-3. The wider U-Nets keep DDPM's 2e-4 (Ho et al., arXiv 2006.11239, appendix B),
+/// the paper's DiTs its 1e-4 (Peebles and Xie, arXiv 2212.09748, section 5).
 pub fn default_lr(model: &str) -> f64 {
     match model {
         "unet-tiny" | "unet-small" => 2e-3,
+        "dit-s" => 1e-3,
+        m if m.starts_with("DiT-") => 1e-4,
         _ => 2e-4,
     }
 }
@@ -97,7 +100,9 @@ pub struct DiffusionRunConfig {
     pub family: String,
     /// The preset name given to `--model`.
     pub model: String,
-    pub unet: UNet2DConfig,
+    /// The network: `"unet": {...}` or `"dit": {...}` in `config.json`.
+    #[serde(flatten)]
+    pub backbone: BackboneConfig,
     pub schedule: ScheduleConfig,
     /// Probability of replacing a label by the null class during training (class-conditional runs).
     pub p_uncond: f64,
@@ -284,8 +289,8 @@ impl Default for FlowObjective {
 genlab_core::run_kind!(DiffusionRunConfig, FAMILY);
 
 impl DiffusionRunConfig {
-    /// A run of U-Net preset `model` on data of `image_shape`. `num_classes` makes the model
-    /// class-conditional (one extra class embedding is the null class).
+    /// A run of preset `model` (a U-Net or a DiT) on data of `image_shape`. `num_classes` makes the
+    /// model class-conditional (one extra class embedding is the null class).
     pub fn from_preset(
         model: &str,
         image_shape: [i64; 3],
@@ -293,14 +298,12 @@ impl DiffusionRunConfig {
         schedule: ScheduleConfig,
         data: &str,
     ) -> Result<Self> {
-        let mut unet = UNet2DConfig::preset(model, image_shape)?;
-        unet.num_class_embeds = num_classes.map(|k| k as i64 + 1);
-        unet.validate()?;
+        let backbone = BackboneConfig::preset(model, image_shape, num_classes.map(|k| k as i64))?;
         schedule.validate()?;
         Ok(DiffusionRunConfig {
             family: FAMILY.into(),
             model: model.into(),
-            unet,
+            backbone,
             schedule,
             p_uncond: if num_classes.is_some() { 0.1 } else { 0.0 },
             min_snr_gamma: None,
@@ -403,11 +406,12 @@ impl DiffusionRunConfig {
             ));
         }
         if let Some(l) = &self.latent {
-            let [c, h, w] = l.latent_shape;
-            let unet = [self.unet.in_channels, self.unet.sample_size[0], self.unet.sample_size[1]];
-            if unet != [c, h, w] || self.unet.out_channels != c {
+            let [c, _, _] = l.latent_shape;
+            let net = self.backbone.sample_shape();
+            if net != l.latent_shape || self.backbone.prediction_channels() != c {
                 return Err(DiffusionError::Latent(format!(
-                    "the U-Net is built for {unet:?} ([channels, height, width]) but the latents are {:?}",
+                    "the {} is built for {net:?} ([channels, height, width]) but the latents are {:?}",
+                    self.backbone.kind_name(),
                     l.latent_shape
                 )));
             }
@@ -418,23 +422,30 @@ impl DiffusionRunConfig {
                 )));
             }
         }
-        self.unet.validate()?;
+        if self.backbone.dit().is_some_and(|d| d.learned_sigma()) {
+            return Err(DiffusionError::Unsupported(
+                "a learned-sigma DiT (out_channels = 2 * in_channels) samples, but training it needs the \
+                 variational-bound loss, which genlab does not have: train with out_channels = in_channels"
+                    .into(),
+            ));
+        }
+        self.backbone.validate()?;
         self.schedule.validate()
     }
 }
 
-/// A U-Net in its own VarStore.
+/// A run's network (U-Net or DiT) in its own VarStore.
 #[derive(Debug)]
 pub struct Network {
     pub vs: VarStore,
-    pub unet: UNet2DModel,
+    pub model: Backbone,
 }
 
 impl Network {
-    pub fn new(cfg: &UNet2DConfig, device: Device) -> Result<Self> {
+    pub fn new(cfg: &BackboneConfig, device: Device) -> Result<Self> {
         let vs = VarStore::new(device);
-        let unet = UNet2DModel::new(vs.root(), cfg.clone())?;
-        Ok(Network { vs, unet })
+        let model = Backbone::new(vs.root(), cfg)?;
+        Ok(Network { vs, model })
     }
 }
 
@@ -498,8 +509,8 @@ impl DiffusionTask {
         }
         run.validate()?;
         run.precision.validate(device)?;
-        let net = Network::new(&run.unet, device)?;
-        let ema_net = Network::new(&run.unet, device)?;
+        let net = Network::new(&run.backbone, device)?;
+        let ema_net = Network::new(&run.backbone, device)?;
         let opt = Adam::new(
             &net.vs,
             AdamConfig { max_grad_norm: run.max_grad_norm, ..AdamConfig::adamw(run.lr, run.weight_decay) },
@@ -515,9 +526,9 @@ impl DiffusionTask {
     }
 
     /// The EMA weights, copied into [`DiffusionTask::ema_net`], which is returned.
-    pub fn ema_model(&self) -> Result<&UNet2DModel> {
+    pub fn ema_model(&self) -> Result<&Backbone> {
         self.ema.copy_to(&self.ema_net.vs)?;
-        Ok(&self.ema_net.unet)
+        Ok(&self.ema_net.model)
     }
 
     /// The training labels: the batch's labels with each replaced by the null class with
@@ -526,7 +537,7 @@ impl DiffusionTask {
     /// # Shapes
     /// - returns [batch] int64
     fn training_labels(&self, batch: &Batch) -> Result<Option<Tensor>> {
-        let Some(null) = self.net.unet.null_class() else { return Ok(None) };
+        let Some(null) = self.net.model.null_class() else { return Ok(None) };
         let labels = batch.labels.as_ref().ok_or_else(|| {
             DiffusionError::Labels(format!(
                 "the model is class-conditional but the data `{}` has no labels",
@@ -573,7 +584,7 @@ impl DiffusionTask {
         let noise = x0.randn_like();
         let labels = self.training_labels(batch)?;
         let per_sample = self.run.precision.autocast(self.device, || {
-            denoising_loss(&self.net.unet, &self.schedule, x0, &noise, &t, labels.as_ref(), true)
+            denoising_loss(&self.net.model, &self.schedule, x0, &noise, &t, labels.as_ref(), true)
         })?;
         let weights = self.run.min_snr_gamma.map(|g| self.schedule.min_snr_weights(&t, g)).transpose()?;
         Ok((per_sample, weights))
@@ -601,7 +612,7 @@ impl DiffusionTask {
         let target = &noise - x0;
         let labels = self.training_labels(batch)?;
         let per_sample = self.run.precision.autocast(self.device, || -> Result<Tensor> {
-            let out = self.net.unet.forward_t(&noisy, &timesteps, labels.as_ref(), true)?;
+            let out = self.net.model.forward_t(&noisy, &timesteps, labels.as_ref(), true)?;
             Ok(crate::loss::per_sample_mse(&out, &target))
         })?;
         Ok((per_sample, obj.weighting.weights(&sigmas)))
@@ -623,7 +634,7 @@ impl TrainTask for DiffusionTask {
     /// class-conditional model (no guidance); a latent run's are decoded to images.
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
         self.ema.copy_to(&self.ema_net.vs)?;
-        let (model, run) = (&self.ema_net.unet, &self.run);
+        let (model, run) = (&self.ema_net.model, &self.run);
         Ok(match &self.autoencoder {
             Some(ae) => {
                 crate::latent::sample(model, ae, &run.schedule, run.sample_scheduler, run.sample_steps, n, None, 1.0)?
@@ -673,7 +684,7 @@ pub fn load(path: &Path, device: Device) -> Result<(Network, DiffusionRunConfig)
 /// Load a trained diffusion model's EMA or raw weights from a run directory or checkpoint folder.
 pub fn load_weights(path: &Path, weights: Weights, device: Device) -> Result<(Network, DiffusionRunConfig)> {
     let (ck, run) = genlab_core::run::open_checkpoint::<DiffusionRunConfig>(path)?;
-    let net = Network::new(&run.unet, device)?;
+    let net = Network::new(&run.backbone, device)?;
     ck.load_group_into(weights.group(), &net.vs)?;
     Ok((net, run))
 }
@@ -788,6 +799,59 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("max_grad_norm"));
         assert_eq!("raw".parse::<Weights>().unwrap().group(), "model");
         assert!("avg".parse::<Weights>().is_err());
+    }
+
+    /// `config.json` of a class-conditional `unet-tiny` run as genlab wrote it before DiT runs existed
+    /// (and before the warm-up and flow fields).
+    const OLD_RUN: &str = r#"{"family":"diffusion","model":"unet-tiny","unet":{"sample_size":[8,8],
+        "in_channels":1,"out_channels":1,"block_out_channels":[16,32],"layers_per_block":1,"attention":[false,true],
+        "attention_head_dim":16,"norm_num_groups":8,"norm_eps":0.00001,"dropout":0.1,"num_class_embeds":4,
+        "flip_sin_to_cos":true,"freq_shift":0.0},"schedule":{"num_train_timesteps":1000,"beta_start":0.0001,
+        "beta_end":0.02,"beta_schedule":"linear","prediction_type":"epsilon","rescale_betas_zero_snr":false,
+        "timestep_spacing":"leading","steps_offset":0,"clip_sample":true,"clip_sample_range":1.0,
+        "use_clipped_model_output":true,"set_alpha_to_one":true,"eta":0.0},"p_uncond":0.1,"min_snr_gamma":null,
+        "ema_decay":0.999,"lr":0.0002,"weight_decay":0.0,"batch_size":64,"precision":"fp32","data":"digits",
+        "sample_scheduler":"ddim","sample_steps":50}"#;
+
+    #[test]
+    fn unet_runs_keep_their_layout_and_dit_runs_write_theirs() {
+        let old: DiffusionRunConfig = serde_json::from_str(OLD_RUN).unwrap();
+        let unet = old.backbone.unet().expect("an old run is a U-Net run");
+        assert_eq!(
+            (unet.dropout, unet.num_class_embeds, unet.block_out_channels.clone()),
+            (0.1, Some(4), vec![16, 32])
+        );
+        let written = serde_json::to_value(&old).unwrap();
+        assert_eq!(written["unet"]["num_class_embeds"], 4);
+        assert!(written.get("dit").is_none() && written.get("backbone").is_none());
+        DiffusionTask::new(old, Device::Cpu).unwrap();
+
+        let dit = DiffusionRunConfig::from_preset(
+            "dit-s",
+            [1, 28, 28],
+            Some(10),
+            ScheduleConfig::v_cosine(),
+            "fashion-mnist",
+        )
+        .unwrap();
+        let written = serde_json::to_value(&dit).unwrap();
+        assert_eq!(
+            (written["dit"]["num_embeds_ada_norm"].as_i64(), written["dit"]["patch_size"].as_i64()),
+            (Some(10), Some(4))
+        );
+        assert!(written.get("unet").is_none());
+        let back: DiffusionRunConfig = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(back.backbone, dit.backbone);
+        assert_eq!(back.backbone.num_class_embeds(), Some(11));
+
+        let mut neither = written;
+        neither.as_object_mut().unwrap().remove("dit");
+        assert!(serde_json::from_value::<DiffusionRunConfig>(neither).is_err());
+        let sigma = DiffusionRunConfig {
+            backbone: BackboneConfig::DiT(crate::DiTConfig { out_channels: 2, ..dit.backbone.dit().unwrap().clone() }),
+            ..dit
+        };
+        assert!(sigma.validate().unwrap_err().to_string().contains("learned-sigma"));
     }
 }
 

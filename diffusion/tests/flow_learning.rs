@@ -11,13 +11,13 @@ use genlab_core::train::{run, HarnessConfig};
 use genlab_data::{Loader, LoaderConfig};
 use genlab_diffusion::load::{DiffusionRun, SampleOptions};
 use genlab_diffusion::train::{DiffusionTask, DiffusionTrainOptions, Objective, Weights};
-use genlab_diffusion::{SchedulerKind, UNet2DModel};
+use genlab_diffusion::{Backbone, SchedulerKind};
 use pixels::{all_images, frechet_distance};
 use tch::{Device, Kind, Tensor};
 
 /// The mean velocity MSE over 128 images at sigmas 0.05, 0.15, ..., 0.95 (timestep 1000 sigma),
 /// with noise drawn from a seed the training never uses.
-fn held_out_loss(model: &UNet2DModel, x: &Tensor) -> f64 {
+fn held_out_loss(model: &Backbone, x: &Tensor) -> f64 {
     tch::manual_seed(12345);
     let x0 = x.narrow(0, 0, 128);
     let noise = x0.randn_like();
@@ -47,7 +47,7 @@ fn flow_matching_learns_digits() {
     );
     tch::manual_seed(0);
     let mut task = DiffusionTask::new(run_cfg, Device::Cpu).unwrap();
-    let before = held_out_loss(&task.net.unet, &x);
+    let before = held_out_loss(&task.net.model, &x);
     let mut loader = Loader::new(ds, LoaderConfig::new(32, 0, Device::Cpu)).unwrap();
     let steps = 400;
     let harness = HarnessConfig {

@@ -123,7 +123,7 @@ fn a_latent_run_is_self_contained() {
     assert_eq!(run_back.latent.as_ref(), Some(&l));
     tch::manual_seed(5);
     for kind in [SchedulerKind::Ddim, SchedulerKind::DpmPp2m, SchedulerKind::EulerAncestral] {
-        let s = latent::sample(&net.unet, &ae, &run_back.schedule, kind, 4, 3, None, 1.0).unwrap();
+        let s = latent::sample(&net.model, &ae, &run_back.schedule, kind, 4, 3, None, 1.0).unwrap();
         assert_eq!(s.size(), [3, 1, 8, 8]);
         assert!(s.min().double_value(&[]) >= -1.0 && s.max().double_value(&[]) <= 1.0);
     }
@@ -134,12 +134,12 @@ fn a_latent_run_is_self_contained() {
     // Image-to-image and inpainting in latent space.
     let img = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let out =
-        latent::img2img(&net.unet, &ae, &run_back.schedule, SchedulerKind::Ddim, 10, &img, 0.5, None, 1.0).unwrap();
+        latent::img2img(&net.model, &ae, &run_back.schedule, SchedulerKind::Ddim, 10, &img, 0.5, None, 1.0).unwrap();
     assert_eq!(out.size(), [2, 1, 8, 8]);
     let mask = Tensor::ones([1, 1, 8, 8], (Kind::Float, Device::Cpu));
     let _ = mask.narrow(3, 3, 3).fill_(0.0);
     let repaint = RePaint { jump_length: 2, resamplings: 2 };
-    let filled = latent::inpaint(&net.unet, &ae, &run_back.schedule, &img, &mask, 6, repaint, None, 1.0).unwrap();
+    let filled = latent::inpaint(&net.model, &ae, &run_back.schedule, &img, &mask, 6, repaint, None, 1.0).unwrap();
     assert_eq!(filled.size(), [2, 1, 8, 8]);
     let known = mask.expand_as(&img).gt(0.5);
     assert!(filled.masked_select(&known).equal(&img.masked_select(&known)), "known pixels must be exact");
@@ -147,7 +147,7 @@ fn a_latent_run_is_self_contained() {
     let changed = (filled.masked_select(&unknown) - img.masked_select(&unknown)).abs().max().double_value(&[]);
     assert!(changed > 1e-3, "the unknown region was not generated");
     let e = latent::img2img(
-        &net.unet,
+        &net.model,
         &ae,
         &run_back.schedule,
         SchedulerKind::Ddim,
@@ -160,7 +160,7 @@ fn a_latent_run_is_self_contained() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("[2, 1, 8, 7]") && e.contains("multiples of 2"), "{e}");
-    let e = latent::inpaint(&net.unet, &ae, &run_back.schedule, &img, &mask.narrow(2, 0, 4), 6, repaint, None, 1.0)
+    let e = latent::inpaint(&net.model, &ae, &run_back.schedule, &img, &mask.narrow(2, 0, 4), 6, repaint, None, 1.0)
         .unwrap_err()
         .to_string();
     assert!(e.contains("mask"), "{e}");

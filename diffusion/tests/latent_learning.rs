@@ -14,14 +14,14 @@ use genlab_diffusion::load::load_run;
 use genlab_diffusion::loss::denoising_loss;
 use genlab_diffusion::train::DiffusionTask;
 use genlab_diffusion::train::{install_autoencoder, latent_run_config};
-use genlab_diffusion::{NoiseSchedule, ScheduleConfig, SchedulerKind, UNet2DModel};
+use genlab_diffusion::{Backbone, NoiseSchedule, ScheduleConfig, SchedulerKind};
 use genlab_vae::train_kl::{KlAutoencoderTask, KlRunConfig};
 use pixels::{all_images, frechet_distance};
 use tch::{Device, Kind, Tensor};
 
 /// The mean denoising loss over 128 latents at timesteps 50, 150, ..., 950, with noise drawn from a
 /// seed the training never uses.
-fn held_out_loss(model: &UNet2DModel, schedule: &NoiseSchedule, z: &Tensor) -> f64 {
+fn held_out_loss(model: &Backbone, schedule: &NoiseSchedule, z: &Tensor) -> f64 {
     tch::manual_seed(12345);
     let z0 = z.narrow(0, 0, 128);
     let noise = z0.randn_like();
@@ -74,8 +74,8 @@ fn latent_unet_tiny_learns_digits() {
     run_cfg.sample_steps = 20;
     let latent_cfg = run_cfg.latent.clone().unwrap();
     assert_eq!(latent_cfg.latent_shape, [4, 4, 4]);
-    assert_eq!(run_cfg.unet.in_channels, 4);
-    assert_eq!(run_cfg.unet.sample_size, [4, 4]);
+    assert_eq!(run_cfg.backbone.sample_shape()[0], 4);
+    assert_eq!(run_cfg.backbone.sample_shape()[1..], [4, 4]);
     assert!(!run_cfg.schedule.clip_sample, "latents are not clipped to [-1, 1]");
     install_autoencoder(&run_cfg, &ldm_dir).unwrap();
     tch::manual_seed(0);
@@ -92,7 +92,7 @@ fn latent_unet_tiny_learns_digits() {
     assert!((z_std - 1.0).abs() < 0.1, "scaled latents have std {z_std:.3}, want 1 +- 0.1");
     assert!(!(0.67..1.5).contains(&raw_std), "unscaled std {raw_std:.3} is already close to 1: the check is empty");
 
-    let before = held_out_loss(&task.net.unet, &schedule, &z);
+    let before = held_out_loss(&task.net.model, &schedule, &z);
     let steps = LDM_STEPS;
     let mut loader = Loader::new(ds, LoaderConfig::new(32, 0, Device::Cpu)).unwrap();
     run(&mut task, &mut loader, &HarnessConfig { log_every: 1, ..quiet(&ldm_dir, steps) }).unwrap();
@@ -112,7 +112,7 @@ fn latent_unet_tiny_learns_digits() {
     assert_eq!(run_back.latent.as_ref(), Some(&latent_cfg));
     tch::manual_seed(1);
     let n = 500;
-    let samples = latent::sample(&net.unet, &ae, &run_back.schedule, SchedulerKind::Ddim, 25, n, None, 1.0).unwrap();
+    let samples = latent::sample(&net.model, &ae, &run_back.schedule, SchedulerKind::Ddim, 25, n, None, 1.0).unwrap();
     assert_eq!(samples.size(), [n, 1, 8, 8]);
     assert!(samples.min().double_value(&[]) >= -1.0 && samples.max().double_value(&[]) <= 1.0);
     let noise_decoded = ae.decode(&Tensor::randn([n, 4, 4, 4], (Kind::Float, Device::Cpu))).unwrap();

@@ -10,7 +10,7 @@ use genlab_data::{Loader, LoaderConfig};
 use genlab_diffusion::loss::denoising_loss;
 use genlab_diffusion::sample::sample;
 use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
-use genlab_diffusion::{NoiseSchedule, ScheduleConfig, SchedulerKind, UNet2DModel};
+use genlab_diffusion::{Backbone, NoiseSchedule, ScheduleConfig, SchedulerKind};
 use pixels::{all_images, frechet_distance};
 use tch::{Device, Kind, Tensor};
 
@@ -27,7 +27,7 @@ fn quiet_harness(dir: &std::path::Path, steps: u64) -> HarnessConfig {
 
 /// The mean denoising loss over 128 images at timesteps 50, 150, ..., 950, with noise drawn from
 /// a seed the training never uses.
-fn held_out_loss(model: &UNet2DModel, schedule: &NoiseSchedule, x: &Tensor) -> f64 {
+fn held_out_loss(model: &Backbone, schedule: &NoiseSchedule, x: &Tensor) -> f64 {
     tch::manual_seed(12345);
     let x0 = x.narrow(0, 0, 128);
     let noise = x0.randn_like();
@@ -55,22 +55,22 @@ fn unet_tiny_learns_digits() {
     tch::manual_seed(0);
     let mut task = DiffusionTask::new(run_cfg, Device::Cpu).unwrap();
     let schedule = task.schedule.clone();
-    let before = held_out_loss(&task.net.unet, &schedule, &x);
+    let before = held_out_loss(&task.net.model, &schedule, &x);
     let mut loader = Loader::new(ds, LoaderConfig::new(32, 0, Device::Cpu)).unwrap();
     let steps = 400;
     let cfg = quiet_harness(tmp.path(), steps);
     run(&mut task, &mut loader, &cfg).unwrap();
     let train_s = t0.elapsed().as_secs_f64();
-    let after = held_out_loss(&task.net.unet, &schedule, &x);
+    let after = held_out_loss(&task.net.model, &schedule, &x);
     let after_ema = held_out_loss(task.ema_model().unwrap(), &schedule, &x);
 
     // Samples from the reloaded run (its EMA weights) with 25 DDIM steps.
     let (net, run_back) = load(tmp.path(), Device::Cpu).unwrap();
     assert_eq!(run_back.model, "unet-tiny");
-    assert!((held_out_loss(&net.unet, &schedule, &x) - after_ema).abs() < 1e-6, "the run reloads its EMA weights");
+    assert!((held_out_loss(&net.model, &schedule, &x) - after_ema).abs() < 1e-6, "the run reloads its EMA weights");
     tch::manual_seed(1);
     let n = 500;
-    let samples = sample(&net.unet, &run_back.schedule, SchedulerKind::Ddim, 25, n, None, 1.0).unwrap();
+    let samples = sample(&net.model, &run_back.schedule, SchedulerKind::Ddim, 25, n, None, 1.0).unwrap();
     assert_eq!(samples.size(), [n, 1, 8, 8]);
     let noise = Tensor::randn([n, 1, 8, 8], (Kind::Float, Device::Cpu));
     let perm = Tensor::randperm(x.size()[0], (Kind::Int64, Device::Cpu));

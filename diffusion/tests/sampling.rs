@@ -3,7 +3,7 @@
 use genlab_core::train::{Batch, TrainTask};
 use genlab_diffusion::sample::{img2img, inpaint, read_image, read_mask, sample, RePaint};
 use genlab_diffusion::train::{load, DiffusionRunConfig, DiffusionTask};
-use genlab_diffusion::{DiffusionError, PredictionType, ScheduleConfig, SchedulerKind, UNet2DModel};
+use genlab_diffusion::{Backbone, DiffusionError, PredictionType, ScheduleConfig, SchedulerKind};
 use tch::{Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
@@ -16,8 +16,8 @@ fn task(num_classes: Option<usize>, schedule: ScheduleConfig) -> DiffusionTask {
     DiffusionTask::new(run, Device::Cpu).unwrap()
 }
 
-fn model(t: &DiffusionTask) -> &UNet2DModel {
-    &t.net.unet
+fn model(t: &DiffusionTask) -> &Backbone {
+    &t.net.model
 }
 
 #[test]
@@ -59,6 +59,32 @@ fn inpainting_keeps_known_pixels_exactly() {
         assert_eq!(known_diff, 0.0, "{repaint:?}: known pixels must be kept exactly");
         let unknown_diff = ((&out - &image) * (mask.ones_like() - &mask)).abs().max().double_value(&[]);
         assert!(unknown_diff > 0.0, "{repaint:?}: the hole is generated, not copied");
+    }
+}
+
+#[test]
+fn flow_inpainting_keeps_known_pixels_exactly_on_a_unet_and_a_dit() {
+    let schedule = ScheduleConfig {
+        clip_sample: false,
+        flow: Some(genlab_diffusion::FlowMatchConfig { shift: 3.0, ..Default::default() }),
+        ..Default::default()
+    };
+    tch::set_num_threads(1);
+    tch::manual_seed(2);
+    let image = Tensor::rand([2, 1, 8, 8], CPU) * 2.0 - 1.0;
+    let mask = Tensor::ones([1, 1, 8, 8], CPU);
+    let _ = mask.narrow(2, 2, 4).narrow(3, 2, 4).fill_(0.0);
+    for preset in ["unet-tiny", "dit-s"] {
+        let run = DiffusionRunConfig::from_preset(preset, [1, 8, 8], None, schedule.clone(), "test").unwrap();
+        let t = DiffusionTask::new(run, Device::Cpu).unwrap();
+        for repaint in [RePaint { jump_length: 1, resamplings: 1 }, RePaint { jump_length: 2, resamplings: 3 }] {
+            let out = inpaint(model(&t), &t.run.schedule, &image, &mask, 6, repaint, None, 1.0).unwrap();
+            assert_eq!(out.size(), [2, 1, 8, 8]);
+            let known_diff = ((&out - &image) * &mask).abs().max().double_value(&[]);
+            assert_eq!(known_diff, 0.0, "{preset} {repaint:?}: known pixels must be kept exactly");
+            let unknown_diff = ((&out - &image) * (mask.ones_like() - &mask)).abs().max().double_value(&[]);
+            assert!(unknown_diff > 0.0, "{preset} {repaint:?}: the hole is generated, not copied");
+        }
     }
 }
 

@@ -199,5 +199,8 @@ fn each_family_trains_from_a_preset_and_a_dataset_in_one_call() {
     let cond = genlab_diffusion::train::DiffusionTrainOptions { cond: true, timesteps: 100, ..Default::default() };
     genlab_diffusion::train::fit("unet-tiny", &data, &small, &cond, &opts("ddpm", 2, false)).unwrap();
     let run = read_config::<genlab_diffusion::train::DiffusionRunConfig>(&tmp.path().join("ddpm")).unwrap();
-    assert_eq!((run.unet.num_class_embeds, run.schedule.num_train_timesteps, run.batch_size), (Some(11), 100, 16));
+    assert_eq!(
+        (run.backbone.num_class_embeds(), run.schedule.num_train_timesteps, run.batch_size),
+        (Some(11), 100, 16)
+    );
 }
