@@ -356,6 +356,44 @@ fn gan_and_diffusion_train_sample_and_edit() {
             .unwrap(),
     );
     assert!(e.contains("mask"), "{e}");
+
+    // A diffusion transformer trained by flow matching: the same commands work on its run.
+    ok(genlab()
+        .args(["diffusion", "train", "--model", "dit-s", "--objective", "flow"])
+        .args(common)
+        .arg("--out")
+        .arg(p("dit"))
+        .output()
+        .unwrap());
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("dit").join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["dit"]["patch_size"].as_i64(), cfg["flow"].is_object()), (Some(4), true), "{cfg}");
+    assert!(cfg.get("unet").is_none());
+    let on_dit = |cmd: &str, extra: &[&str], out: &str| {
+        let mut c = genlab();
+        c.args(["diffusion", cmd, "--steps", "4", "--run"]).arg(p("dit")).args(extra).arg("--out").arg(p(out));
+        ok(c.output().unwrap());
+        assert!(std::fs::metadata(p(out)).unwrap().len() > 50, "{cmd}");
+    };
+    on_dit("sample", &["--n", "4", "--sampler", "flow-heun"], "dit.png");
+    on_dit(
+        "inpaint",
+        &["--input", p("in.png").to_str().unwrap(), "--mask", p("mask.png").to_str().unwrap()],
+        "dit-f.png",
+    );
+    let filled = image::open(p("dit-f.png")).unwrap().to_luma8();
+    assert_eq!(filled.get_pixel(0, 0).0[0], 255, "a known pixel changed");
+    on_dit("img2img", &["--input", p("in.png").to_str().unwrap(), "--strength", "0.5"], "dit-i.png");
+    let e = fail(
+        genlab()
+            .args(["diffusion", "train", "--model", "dit-m"])
+            .args(common)
+            .arg("--out")
+            .arg(p("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("dit-m") && e.contains("dit-s") && e.contains("unet-small"), "{e}");
 }
 
 #[test]
