@@ -1,9 +1,10 @@
 """PyTorch-eager side of `cargo xtask bench families`: each family's default genlab model rebuilt
-layer for layer in PyTorch (diffusers' UNet2DModel and DDIMScheduler for diffusion), trained and
+layer for layer in PyTorch (diffusers' UNet2DModel, DiTTransformer2DModel and DDIMScheduler for
+diffusion), trained and
 sampled the way genlab's training step and sampler do it. Prints the `name value` lines that
 `tests/benches/families.rs` prints.
 
-    .venv/bin/python bench/families.py --family vae|gan|diffusion [--threads T] [--warmup W]
+    .venv/bin/python bench/families.py --family vae|gan|diffusion|dit [--threads T] [--warmup W]
         [--steps N] [--sample-n N] [--sample-reps R] [--expect-params P]
 
 - vae (`conv`): Conv(1->32->64, k4 s2 p1, SiLU) encoder, fc_mu/fc_logvar to 16, decoder_fc + SiLU,
@@ -18,10 +19,13 @@ sampled the way genlab's training step and sampler do it. Prints the `name value
   diversity ratio (mean pairwise distance of fakes over reals, in float64) that genlab logs. Batch
   128. Samples: generator forward in eval mode.
 - diffusion (`unet-small`): UNet2DModel(block_out_channels (32, 64, 64), layers_per_block 1, attention
-  at the lowest level with head dim 32, 8 norm groups, dropout 0.1); epsilon MSE on
-  DDPMScheduler.add_noise with uniform timesteps over 1000; AdamW(2e-4, weight decay 0); diffusers'
-  EMAModel(0.999, foreach); batch 64. Samples: DDIMScheduler, 50 steps, eta 0, clipped, as genlab's
-  default schedule (linear betas 1e-4..0.02, leading spacing, set_alpha_to_one).
+  at the lowest level with head dim 32, 8 norm groups, no dropout); epsilon MSE on
+  DDPMScheduler.add_noise with uniform timesteps over 1000; gradient norm clipped to 1;
+  AdamW(2e-4, weight decay 0); diffusers' EMAModel(0.999, foreach); batch 64. Samples: DDIMScheduler,
+  50 steps, eta 0, clipped, as genlab's default schedule (linear betas 1e-4..0.02, leading spacing,
+  set_alpha_to_one).
+- dit (`dit-s`): DiTTransformer2DModel(3 heads of 64, 6 layers, patch 4, unconditional: the null
+  class row for every sample), trained and sampled as the diffusion entry.
 
 Every model trains on the first batch of mnist5k (genlab-data's bundled CSV, pixels / 127.5 - 1),
 the same batch every step.
@@ -292,11 +296,9 @@ def gan(a):
 
 def diffusion(a):
     import diffusers
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-    from diffusers.training_utils import EMAModel
+    from diffusers import UNet2DModel
 
     assert diffusers.__version__ == "0.42.1", diffusers.__version__
-    x0 = real_batch(64)
     # genlab_diffusion::UNet2DConfig::preset("unet-small", [1, 28, 28]).
     unet = UNet2DModel(
         sample_size=28,
@@ -311,10 +313,55 @@ def diffusion(a):
         norm_eps=1e-5,
         flip_sin_to_cos=True,
         freq_shift=0,
-        dropout=0.1,
+        dropout=0.0,
     ).train()
-    print(f"params {trainable(unet)}")
-    check_params(a, trainable(unet))
+    denoiser(a, unet, lambda x, t: unet(x, t).sample)
+
+
+def dit(a):
+    import diffusers
+    from diffusers import DiTTransformer2DModel
+
+    assert diffusers.__version__ == "0.42.1", diffusers.__version__
+    # genlab_diffusion::DiTConfig::preset("dit-s", [1, 28, 28]): unconditional, so every sample gets
+    # the class table's null row (label 1 of num_embeds_ada_norm 1), as genlab's DiT does.
+    model = DiTTransformer2DModel(
+        num_attention_heads=3,
+        attention_head_dim=64,
+        in_channels=1,
+        out_channels=1,
+        num_layers=6,
+        dropout=0.0,
+        attention_bias=True,
+        sample_size=28,
+        patch_size=4,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+        norm_eps=1e-5,
+    ).train()
+    null = {}
+
+    def forward(x, t):
+        # As diffusers' DiTPipeline: one timestep per sample.
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        if x.shape[0] not in null:
+            null[x.shape[0]] = torch.ones(x.shape[0], dtype=torch.long)
+        return model(x, t, class_labels=null[x.shape[0]]).sample
+
+    denoiser(a, model, forward)
+
+
+def denoiser(a, model, forward):
+    """Train and sample `model` as genlab's DiffusionTask and `sample::sample` do for a new run of
+    the preset with `ScheduleConfig::default()`."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    x0 = real_batch(64)
+    print(f"params {trainable(model)}")
+    check_params(a, trainable(model))
     # genlab_diffusion::ScheduleConfig::default().
     schedule = dict(
         num_train_timesteps=1000,
@@ -326,27 +373,29 @@ def diffusion(a):
         clip_sample_range=1.0,
     )
     noise_scheduler = DDPMScheduler(**schedule)
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-4, weight_decay=0.0)
-    ema = EMAModel(unet.parameters(), decay=0.999, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), decay=0.999, foreach=True)
 
     def step():
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (x0.shape[0],))
         noisy = noise_scheduler.add_noise(x0, noise, t)
-        out = unet(noisy, t).sample
+        out = forward(noisy, t)
         per_sample = F.mse_loss(out, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = per_sample.mean()
         per_sample.detach().mean().item()
         opt.zero_grad()
         loss.backward()
+        # genlab's runs clip the global gradient norm to 1 (max_grad_norm).
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        ema.step(unet.parameters())
+        ema.step(model.parameters())
         loss.item()
 
     print(f"train_steps_per_s {time_train(step, a.warmup, given(a.steps, 10)):.4f}")
     n = given(a.sample_n, 16)
-    ema.copy_to(unet.parameters())
-    unet.eval()
+    ema.copy_to(model.parameters())
+    model.eval()
     ddim = DDIMScheduler(**schedule, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
 
     @torch.no_grad()
@@ -354,7 +403,7 @@ def diffusion(a):
         ddim.set_timesteps(50)
         x = torch.randn(n, 1, 28, 28) * ddim.init_noise_sigma
         for t in ddim.timesteps:
-            out = unet(ddim.scale_model_input(x, t), t).sample
+            out = forward(ddim.scale_model_input(x, t), t)
             x = ddim.step(out, t, x, eta=0.0).prev_sample
         return x.clamp(-1, 1)
 
@@ -368,7 +417,7 @@ def check_params(a, n):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", required=True, choices=["vae", "gan", "diffusion"])
+    p.add_argument("--family", required=True, choices=["vae", "gan", "diffusion", "dit"])
     p.add_argument("--threads", type=int, default=int(os.environ.get("GENLAB_BENCH_THREADS", "2")))
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int)
@@ -379,7 +428,7 @@ def main():
     a = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
-    {"vae": vae, "gan": gan, "diffusion": diffusion}[a.family](a)
+    {"vae": vae, "gan": gan, "diffusion": diffusion, "dit": dit}[a.family](a)
     print(f"peak_rss_mib {peak_rss_mib():.1f}")
 
 

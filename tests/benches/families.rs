@@ -3,13 +3,14 @@
 //! PyTorch eager from Python), one process per family and side, so that peak memory is per model.
 //!
 //! ```text
-//! cargo bench -p genlab-tests --bench families -- --family vae|gan|diffusion
+//! cargo bench -p genlab-tests --bench families -- --family vae|gan|diffusion|dit
 //!     [--threads T] [--warmup W] [--steps N] [--sample-n N] [--sample-reps R] [--sample-warmup 0|1]
 //! ```
 //! - vae: preset `conv`, batch 128; samples are decodes of prior draws (`sample_prior`).
 //! - gan: preset `dcgan`, batch 128 (one discriminator and one generator update per step);
 //!   samples are forwards of the EMA generator (`sample::sample`, BatchNorm in eval mode).
 //! - diffusion: preset `unet-small`, batch 64; samples are 50-step DDIM from the EMA U-Net (`sample::sample`).
+//! - dit: the same with the diffusion transformer preset `dit-s`.
 //!
 //! Every model is built for 1x28x28 and trains on the first batch of mnist5k (pixels / 127.5 - 1),
 //! the same batch every step. Prints `name value` lines: parameter counts, `train_steps_per_s`
@@ -165,16 +166,17 @@ fn gan(a: &Args) -> BenchResult<()> {
     Ok(())
 }
 
-fn diffusion(a: &Args) -> BenchResult<()> {
+fn diffusion(a: &Args, preset: &str) -> BenchResult<()> {
     use genlab_diffusion::train::{DiffusionRunConfig, DiffusionTask};
     use genlab_diffusion::{ScheduleConfig, SchedulerKind};
-    let run = DiffusionRunConfig::from_preset("unet-small", SHAPE, None, ScheduleConfig::default(), DATA)?;
+    let run = DiffusionRunConfig::from_preset(preset, SHAPE, None, ScheduleConfig::default(), DATA)?;
     let batch = real_batch(run.batch_size)?;
     let mut task = DiffusionTask::new(run, Device::Cpu)?;
     println!("params {}", trainable(&task.net.vs));
     println!("train_steps_per_s {:.4}", time_train(&mut task, &batch, a.warmup, a.steps.unwrap_or(10))?);
     let n = a.sample_n.unwrap_or(16);
-    let (schedule, steps) = (task.run.schedule.clone(), task.run.sample_steps);
+    // 50 DDIM steps, as bench/families.py (not the run's own monitoring steps).
+    let (schedule, steps) = (task.run.schedule.clone(), 50);
     let model = task.ema_model()?;
     let rate = time_samples(n, a.sample_reps.unwrap_or(1), a.sample_warmup, || {
         Ok(genlab_diffusion::sample::sample(model, &schedule, SchedulerKind::Ddim, steps, n, None, 1.0)?)
@@ -190,8 +192,9 @@ fn main() -> BenchResult<()> {
     match a.family.as_str() {
         "vae" => vae(&a)?,
         "gan" => gan(&a)?,
-        "diffusion" => diffusion(&a)?,
-        f => return Err(format!("--family must be vae, gan or diffusion, got `{f}`").into()),
+        "diffusion" => diffusion(&a, "unet-small")?,
+        "dit" => diffusion(&a, "dit-s")?,
+        f => return Err(format!("--family must be vae, gan, diffusion or dit, got `{f}`").into()),
     }
     println!("peak_rss_mib {:.1}", peak_rss_mib()?);
     Ok(())

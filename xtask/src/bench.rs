@@ -146,6 +146,13 @@ const FAMILIES: &[FamilyBench] = &[
         sampling: "DDIM 50 steps, 4 images",
         args: &["--warmup", "1", "--steps", "2", "--sample-n", "4", "--sample-reps", "1", "--sample-warmup", "0"],
     },
+    FamilyBench {
+        family: "dit",
+        model: "dit-s",
+        batch: 64,
+        sampling: "DDIM 50 steps, 4 images",
+        args: &["--warmup", "1", "--steps", "3", "--sample-n", "4", "--sample-reps", "1", "--sample-warmup", "0"],
+    },
 ];
 
 /// Threads on both sides: libtorch's intra-op pool (and OpenMP's) in each process.
@@ -292,7 +299,7 @@ fn families(libtorch: &Path) -> Result<()> {
     md.push_str("# Families: genlab beside PyTorch eager\n\n");
     md.push_str(&format!(
         "Each family's default model for 1x28x28, the same architecture in PyTorch {} eager from Python \
-         (diffusers 0.42.1's UNet2DModel and DDIMScheduler for diffusion), trained on the same fixed \
+         (diffusers 0.42.1's UNet2DModel, DiTTransformer2DModel and DDIMScheduler for diffusion), trained on the same fixed \
          mnist5k batch. {FAMILY_THREADS} threads on both sides (OMP_WAIT_POLICY=PASSIVE), one process per model and side; rates \
          from the fastest step (sampling call) of a process, best of {rounds} alternating rounds. CPU: {}, {} cores; load average {load_before} before, {} after; \
          {:.0} s in all.\n\n",
