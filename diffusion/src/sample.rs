@@ -265,12 +265,14 @@ pub(crate) fn inpaint_unclamped(
     let denoiser = ClassGuided::new(model, labels, n, guidance_scale)?;
     // The reverse steps: DDPM for a denoising run, flow-euler (restarted at each step's own place in
     // the schedule, since RePaint goes back up it) for a flow-matching run.
-    let mut scheduler: Box<dyn Scheduler> = match &schedule.flow {
-        None => build(SchedulerKind::Ddpm, schedule, steps)?,
+    // A flow run's sigmas (ending with the terminal 0) place the known region and the jumps back.
+    let (mut scheduler, sigmas): (Box<dyn Scheduler>, Vec<f64>) = match &schedule.flow {
+        None => (build(SchedulerKind::Ddpm, schedule, steps)?, Vec::new()),
         Some(flow) => {
             let mut euler = FlowMatchEuler::new(flow)?;
             euler.set_timesteps(steps)?;
-            Box::new(RestartingEuler(euler))
+            let sigmas = euler.sigmas().to_vec();
+            (Box::new(RestartingEuler(euler)), sigmas)
         }
     };
     let timesteps = scheduler.timesteps().to_vec();
@@ -280,14 +282,6 @@ pub(crate) fn inpaint_unclamped(
     // How the known region and the jumps back are noised: DDPM's forward process, or the flow path.
     let noise_schedule = NoiseSchedule::new(schedule)?;
     let abar = noise_schedule.alphas_cumprod();
-    let sigmas: Vec<f64> = match &schedule.flow {
-        Some(flow) => {
-            let mut euler = FlowMatchEuler::new(flow)?;
-            euler.set_timesteps(steps)?;
-            euler.sigmas().to_vec()
-        }
-        None => Vec::new(),
-    };
     let flow = schedule.flow.is_some();
     let abar_at = |l: usize| if l == 0 { 1.0 } else { abar[timestep(l) as usize] };
     let sigma_at = |l: usize| if l == 0 { 0.0 } else { sigmas[k - l] };
@@ -346,13 +340,12 @@ impl Scheduler for RestartingEuler {
         self.0.scale_model_input(sample, timestep)
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
-        let i = self.0.timesteps().iter().position(|&t| t == timestep).ok_or_else(|| {
-            DiffusionError::UnknownTimestep {
+        let i =
+            self.0.timesteps().iter().position(|&t| t == timestep).ok_or_else(|| DiffusionError::UnknownTimestep {
                 scheduler: "flow-euler",
                 timestep,
                 timesteps: self.0.timesteps().to_vec(),
-            }
-        })?;
+            })?;
         self.0.set_begin_index(i);
         self.0.step(model_output, timestep, sample)
     }

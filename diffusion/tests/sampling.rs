@@ -75,7 +75,9 @@ fn flow_inpainting_keeps_known_pixels_exactly_on_a_unet_and_a_dit() {
     let mask = Tensor::ones([1, 1, 8, 8], CPU);
     let _ = mask.narrow(2, 2, 4).narrow(3, 2, 4).fill_(0.0);
     for preset in ["unet-tiny", "dit-s"] {
-        let run = DiffusionRunConfig::from_preset(preset, [1, 8, 8], None, schedule.clone(), "test").unwrap();
+        let mut run = DiffusionRunConfig::from_preset(preset, [1, 8, 8], None, schedule.clone(), "test").unwrap();
+        run.flow = Some(Default::default());
+        run.sample_scheduler = SchedulerKind::FlowEuler;
         let t = DiffusionTask::new(run, Device::Cpu).unwrap();
         for repaint in [RePaint { jump_length: 1, resamplings: 1 }, RePaint { jump_length: 2, resamplings: 3 }] {
             let out = inpaint(model(&t), &t.run.schedule, &image, &mask, 6, repaint, None, 1.0).unwrap();
