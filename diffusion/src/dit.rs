@@ -394,15 +394,7 @@ impl DiTModel {
                 )))
             }
         };
-        let t = match timesteps.numel() as i64 {
-            1 => timesteps.f_reshape([1])?.f_expand([batch], false)?,
-            n if n == batch => timesteps.f_reshape([batch])?,
-            n => {
-                return Err(DiffusionError::Shape(format!(
-                    "{n} timesteps for a batch of {batch}: expected one per sample or one for all"
-                )))
-            }
-        };
+        let t = crate::backbone::per_sample_timesteps(timesteps, batch)?;
         let labels = match (cfg.class_conditional, class_labels) {
             (true, Some(l)) => {
                 let k = cfg.num_embeds_ada_norm;

@@ -357,15 +357,7 @@ impl UNet2DModel {
                 )))
             }
         };
-        let t = match timesteps.numel() as i64 {
-            1 => timesteps.f_reshape([1])?.f_expand([batch], false)?,
-            n if n == batch => timesteps.f_reshape([batch])?,
-            n => {
-                return Err(DiffusionError::Shape(format!(
-                    "{n} timesteps for a batch of {batch}: expected one per sample or one for all"
-                )))
-            }
-        };
+        let t = crate::backbone::per_sample_timesteps(timesteps, batch)?;
         let t_emb = timestep_embedding(
             &t.to_device(xs.device()),
             self.cfg.block_out_channels[0],
