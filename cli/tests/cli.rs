@@ -261,6 +261,36 @@ fn gan_and_diffusion_train_sample_and_edit() {
             .unwrap(),
     );
     assert!(e.contains("class"), "{e}");
+    // DiffAugment: recorded in the run; a bad policy and a kind without it are refused by name.
+    ok(genlab()
+        .args(["gan", "train", "--model", "dcgan", "--diffaug", "color,translation,cutout"])
+        .args(common)
+        .arg("--out")
+        .arg(p("gan-da"))
+        .output()
+        .unwrap());
+    let cfg = std::fs::read_to_string(p("gan-da").join("config.json")).unwrap();
+    assert!(cfg.contains(r#""diffaug": "color,translation,cutout""#), "{cfg}");
+    let e = fail(
+        genlab()
+            .args(["gan", "train", "--model", "dcgan", "--diffaug", "color,flip"])
+            .args(common)
+            .arg("--out")
+            .arg(p("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("flip") && e.contains("cutout"), "{e}");
+    let e = fail(
+        genlab()
+            .args(["gan", "train", "--model", "stylegan2", "--diffaug", "color"])
+            .args(common)
+            .arg("--out")
+            .arg(p("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--diffaug") && e.contains("stylegan2"), "{e}");
     // Diffusion
     ok(genlab()
         .args(["diffusion", "train", "--model", "unet-tiny"])

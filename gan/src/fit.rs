@@ -28,6 +28,11 @@ pub struct GanTrainOptions {
     /// run starts.
     #[cfg_attr(feature = "clap", arg(long))]
     pub data_b: Option<String>,
+    /// DiffAugment for small datasets (dcgan, wgan, wgan-gp, cgan): a comma-separated policy of color,
+    /// translation, cutout (the paper's choice: all three), applied to real and generated images before
+    /// the discriminator. Fixed once a run starts.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub diffaug: Option<crate::diffaug::DiffAugment>,
 }
 
 /// The kinds of run of the GAN family.
@@ -62,6 +67,9 @@ impl GanTrainOptions {
         let bad = |m: String| Err(GanError::Config(m));
         if kind != GanKind::CycleGan && self.data_b.is_some() {
             return bad(format!("--data-b applies to --model cyclegan, not --model {preset}"));
+        }
+        if kind != GanKind::Gan && self.diffaug.is_some() {
+            return bad(format!("--diffaug applies to dcgan, wgan, wgan-gp and cgan, not --model {preset}"));
         }
         match kind {
             GanKind::CycleGan if self.scale.is_some() || self.pretrain_steps.is_some() || self.lr_d.is_some() => {
@@ -108,6 +116,7 @@ pub fn fit(
                 let run = GanRunConfig::from_preset(preset, shape(ds), ds.num_classes(), &data.spec)?;
                 let mut run = apply_overrides(run, overrides)?;
                 run.lr_d = extra.lr_d.unwrap_or(run.lr_d);
+                run.diffaug = extra.diffaug.clone().unwrap_or(run.diffaug);
                 run.validate()?;
                 Ok(run)
             },

@@ -7,11 +7,13 @@
 //! - [`train`]: the training step for genlab-core's harness, collapse detection, and loading trained runs.
 //! - [`sample`]: sampling from a trained generator.
 //! - [`augment`]: labelled synthetic data from a class-conditional generator.
+//! - [`diffaug`]: DiffAugment, differentiable augmentation of the discriminator's inputs for small datasets.
 //! - [`sr`]: single-image super-resolution (SRResNet, SRGAN), PSNR and SSIM.
 //! - [`cyclegan`]: unpaired image-to-image translation (CycleGAN).
 //! - [`fit`]: train any of these kinds of run from a preset and a dataset in one call.
 pub mod augment;
 pub mod cyclegan;
+pub mod diffaug;
 pub mod error;
 pub mod fit;
 pub mod load;

@@ -20,6 +20,7 @@
 //!   Adam(1e-4, 0, 0.9) (WGAN-GP, Algorithm 1).
 //! - `cgan`: class-conditional; hinge loss, spectral-normalised projection discriminator,
 //!   n_critic 1, Adam(0, 0.9) with lr_g 1e-4 and lr_d 4e-4 (two time scales, as SAGAN, arXiv 1805.08318).
+use crate::diffaug::DiffAugment;
 use crate::error::{GanError, Result};
 use crate::loss;
 use crate::metrics::diversity_ratio;
@@ -95,6 +96,10 @@ pub struct GanRunConfig {
     pub batch_size: usize,
     pub precision: Precision,
     pub data: String,
+    /// DiffAugment policy applied to every image the discriminator sees, real and generated, in both
+    /// updates (none in runs written before it existed).
+    #[serde(default, skip_serializing_if = "DiffAugment::is_none")]
+    pub diffaug: DiffAugment,
 }
 
 genlab_core::run_kind!(GanRunConfig, FAMILY, hint: |found| {
@@ -186,6 +191,7 @@ impl GanRunConfig {
             batch_size,
             precision: Precision::Fp32,
             data: data.into(),
+            diffaug: DiffAugment::default(),
         };
         run.validate()?;
         Ok(run)
@@ -376,7 +382,8 @@ impl GanTask {
         let run = &self.run;
         let (g, d) = (&self.generator, &self.discriminator);
         let (d_loss, gp, real, fake) = run.precision.autocast(self.device, || -> Result<_> {
-            let fake_x = tch::no_grad(|| g.forward(&z, y, true))?;
+            let fake_x = run.diffaug.apply(&tch::no_grad(|| g.forward(&z, y, true))?);
+            let x = &run.diffaug.apply(x);
             let real = d.forward(x, y, true)?;
             let fake = d.forward(&fake_x, y, true)?;
             let mut d_loss = run.d_loss(&real, &fake);
@@ -419,7 +426,7 @@ impl GanTask {
         let (g, d) = (&self.generator, &self.discriminator);
         let (g_loss, fake_x) = run.precision.autocast(self.device, || -> Result<_> {
             let fake_x = g.forward(&z, y, true)?;
-            let out = d.forward(&fake_x, y, true)?;
+            let out = d.forward(&run.diffaug.apply(&fake_x), y, true)?;
             Ok((run.g_loss(&out), fake_x))
         })?;
         self.opt_g.zero_grad();
@@ -543,4 +550,30 @@ pub fn load(path: &std::path::Path, device: Device) -> Result<(VarStore, Generat
     let generator = Generator::new(vs.root(), run.gan.clone())?;
     ck.load_group_into("ema", &vs)?;
     Ok((vs, generator, run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_written_before_diffaug_load_without_it_and_new_ones_keep_their_policy() {
+        let run = GanRunConfig::from_preset("dcgan", [1, 8, 8], None, "digits").unwrap();
+        let mut old = serde_json::to_value(&run).unwrap();
+        assert!(old.get("diffaug").is_none(), "no policy, no key: {old}");
+        old.as_object_mut().unwrap().remove("diffaug");
+        let back: GanRunConfig = serde_json::from_value(old).unwrap();
+        assert!(back.diffaug.is_none());
+        let with = GanRunConfig { diffaug: "translation,cutout".parse().unwrap(), ..run };
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["diffaug"], "translation,cutout");
+        let back: GanRunConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back.diffaug, with.diffaug);
+        // A training step runs through the augmented discriminator inputs.
+        tch::manual_seed(0);
+        let mut task = GanTask::new(GanRunConfig { batch_size: 8, ..with }, Device::Cpu).unwrap();
+        let batch = Batch { images: Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0, labels: None };
+        let out = task.step(&batch, 0).unwrap();
+        assert!(out.loss.is_finite(), "{out:?}");
+    }
 }
