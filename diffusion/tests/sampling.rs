@@ -8,6 +8,13 @@ use tch::{Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
+/// libtorch's generator is global and the tests run in parallel: each test holds this while it
+/// seeds and draws, so a seeded run is repeatable.
+fn rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn task(num_classes: Option<usize>, schedule: ScheduleConfig) -> DiffusionTask {
     // The tests already run in parallel; more intra-op threads only contend for two cores.
     tch::set_num_threads(1);
@@ -22,6 +29,7 @@ fn model(t: &DiffusionTask) -> &Backbone {
 
 #[test]
 fn class_conditional_guided_sampling_with_every_scheduler() {
+    let _rng = rng();
     let t = task(Some(3), ScheduleConfig::default());
     let m = model(&t);
     assert_eq!((m.num_classes(), m.null_class()), (Some(3), Some(3)));
@@ -47,6 +55,7 @@ fn class_conditional_guided_sampling_with_every_scheduler() {
 
 #[test]
 fn inpainting_keeps_known_pixels_exactly() {
+    let _rng = rng();
     let t = task(None, ScheduleConfig::default());
     tch::manual_seed(2);
     let image = Tensor::rand([2, 1, 8, 8], CPU) * 2.0 - 1.0;
@@ -64,6 +73,7 @@ fn inpainting_keeps_known_pixels_exactly() {
 
 #[test]
 fn flow_inpainting_keeps_known_pixels_exactly_on_a_unet_and_a_dit() {
+    let _rng = rng();
     let schedule = ScheduleConfig {
         clip_sample: false,
         flow: Some(genlab_diffusion::FlowMatchConfig { shift: 3.0, ..Default::default() }),
@@ -92,6 +102,7 @@ fn flow_inpainting_keeps_known_pixels_exactly_on_a_unet_and_a_dit() {
 
 #[test]
 fn img2img_runs_from_mid_schedule_with_every_scheduler() {
+    let _rng = rng();
     let t = task(None, ScheduleConfig { prediction_type: PredictionType::VPrediction, ..Default::default() });
     let image = Tensor::rand([3, 1, 8, 8], CPU) * 2.0 - 1.0;
     for kind in SchedulerKind::ALL {
@@ -103,6 +114,7 @@ fn img2img_runs_from_mid_schedule_with_every_scheduler() {
 
 #[test]
 fn bad_inputs_are_typed_errors() {
+    let _rng = rng();
     let t = task(None, ScheduleConfig::default());
     let (m, s) = (model(&t), &t.run.schedule);
     for steps in [0, 1001] {
@@ -143,6 +155,7 @@ fn bad_inputs_are_typed_errors() {
 
 #[test]
 fn conditional_training_steps_need_labels_and_min_snr_works() {
+    let _rng = rng();
     let mut t = task(Some(3), ScheduleConfig::default());
     t.run.min_snr_gamma = Some(5.0);
     let images = Tensor::rand([4, 1, 8, 8], CPU) * 2.0 - 1.0;
@@ -163,6 +176,7 @@ fn conditional_training_steps_need_labels_and_min_snr_works() {
 
 #[test]
 fn images_masks_and_checkpoints_of_other_families() {
+    let _rng = rng();
     let tmp = tempfile::tempdir().unwrap();
     let grey = tmp.path().join("grey.png");
     let px = Tensor::from_slice(&[0u8, 255, 128, 64, 255, 0]).view([1, 2, 3]);
