@@ -394,7 +394,7 @@ impl DiTModel {
                 )))
             }
         };
-        let t = crate::backbone::per_sample_timesteps(timesteps, batch)?;
+        let t = crate::timesteps::per_sample_timesteps(timesteps, batch)?;
         let labels = match (cfg.class_conditional, class_labels) {
             (true, Some(l)) => {
                 let k = cfg.num_embeds_ada_norm;

@@ -30,6 +30,7 @@ pub mod sample;
 pub mod schedule;
 pub mod scheduler;
 pub mod sd;
+mod timesteps;
 pub mod train;
 pub mod unet;
 mod unet_2d_blocks;

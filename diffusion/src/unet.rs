@@ -357,7 +357,7 @@ impl UNet2DModel {
                 )))
             }
         };
-        let t = crate::backbone::per_sample_timesteps(timesteps, batch)?;
+        let t = crate::timesteps::per_sample_timesteps(timesteps, batch)?;
         let t_emb = timestep_embedding(
             &t.to_device(xs.device()),
             self.cfg.block_out_channels[0],
