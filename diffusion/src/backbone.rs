@@ -121,13 +121,6 @@ impl Backbone {
         })
     }
 
-    pub fn config(&self) -> BackboneConfig {
-        match self {
-            Backbone::UNet(m) => BackboneConfig::UNet(m.cfg.clone()),
-            Backbone::DiT(m) => BackboneConfig::DiT(m.cfg.clone()),
-        }
-    }
-
     pub fn device(&self) -> Device {
         match self {
             Backbone::UNet(m) => m.device(),

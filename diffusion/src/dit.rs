@@ -394,22 +394,10 @@ impl DiTModel {
                 )))
             }
         };
-        let t = crate::timesteps::per_sample_timesteps(timesteps, batch)?;
+        let t = crate::inputs::per_sample_timesteps(timesteps, batch)?;
         let labels = match (cfg.class_conditional, class_labels) {
             (true, Some(l)) => {
-                let k = cfg.num_embeds_ada_norm;
-                if l.size() != [batch] || l.kind() != Kind::Int64 {
-                    return Err(DiffusionError::Labels(format!(
-                        "expected int64 labels of shape [{batch}], got {:?} of shape {:?}",
-                        l.kind(),
-                        l.size()
-                    )));
-                }
-                if batch > 0 && (l.min().int64_value(&[]) < 0 || l.max().int64_value(&[]) > k) {
-                    return Err(DiffusionError::Labels(format!(
-                        "labels must be in 0..={k} ({k} classes and the null class {k})"
-                    )));
-                }
+                crate::inputs::check_labels(l, batch, cfg.num_embeds_ada_norm + 1)?;
                 l.to_device(self.device)
             }
             (true, None) => {

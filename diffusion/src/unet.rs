@@ -16,7 +16,7 @@
 //! divisible by 2^(levels - 1).
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::{DiffusionError, Result};
 use crate::unet_2d_blocks::{unet_blocks, BlockContext};
@@ -357,7 +357,7 @@ impl UNet2DModel {
                 )))
             }
         };
-        let t = crate::timesteps::per_sample_timesteps(timesteps, batch)?;
+        let t = crate::inputs::per_sample_timesteps(timesteps, batch)?;
         let t_emb = timestep_embedding(
             &t.to_device(xs.device()),
             self.cfg.block_out_channels[0],
@@ -386,21 +386,7 @@ impl UNet2DModel {
     }
 
     fn check_labels(&self, labels: &Tensor, batch: i64) -> Result<()> {
-        let k = self.cfg.num_class_embeds.unwrap_or(0);
-        if labels.size() != [batch] || labels.kind() != Kind::Int64 {
-            return Err(DiffusionError::Labels(format!(
-                "expected int64 labels of shape [{batch}], got {:?} of shape {:?}",
-                labels.kind(),
-                labels.size()
-            )));
-        }
-        if batch > 0 {
-            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
-            if lo < 0 || hi >= k {
-                return Err(DiffusionError::Labels(format!("labels span {lo}..={hi}, expected 0..{k}")));
-            }
-        }
-        Ok(())
+        crate::inputs::check_labels(labels, batch, self.cfg.num_class_embeds.unwrap_or(0))
     }
 }
 
@@ -408,6 +394,7 @@ impl UNet2DModel {
 mod tests {
     use super::*;
     use tch::nn::VarStore;
+    use tch::Kind;
 
     #[test]
     fn odd_sizes_and_every_preset_build() {
