@@ -4,6 +4,8 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::lora;
+
 /// LeakyReLU with slope `slope` for negative inputs, as `x * (x > 0 ? 1 : slope)`: tch's
 /// `leaky_relu` fixes the slope at 0.01, and `max(x, slope x)` costs several times more in
 /// its backward pass (a masked fill and comparisons per element); here the backward is one
@@ -20,6 +22,11 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 pub fn conv2d(vs: nn::Path<'_>, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig { stride, padding: kernel / 2, ..Default::default() };
     nn::conv2d(vs, c_in, c_out, kernel, cfg)
+}
+
+/// [`conv2d`] that can carry low-rank adapters ([`lora::conv2d`]).
+fn adaptable_conv2d(vs: nn::Path<'_>, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> lora::Conv2D {
+    lora::conv2d(vs, c_in, c_out, kernel, nn::ConvConfig { stride, padding: kernel / 2, ..Default::default() })
 }
 
 /// Conv + optional GroupNorm + SiLU.
@@ -84,11 +91,11 @@ impl Default for ResnetBlock2DConfig {
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    time_emb_proj: Option<nn::Linear>,
+    conv1: lora::Conv2D,
+    time_emb_proj: Option<lora::Linear>,
     norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    conv_shortcut: Option<nn::Conv2D>,
+    conv2: lora::Conv2D,
+    conv_shortcut: Option<lora::Conv2D>,
     dropout: f64,
     output_scale_factor: f64,
 }
@@ -98,13 +105,13 @@ impl ResnetBlock2D {
         let out = cfg.out_channels.unwrap_or(in_channels);
         let gn = nn::GroupNormConfig { eps: cfg.eps, ..Default::default() };
         let norm1 = nn::group_norm(&vs / "norm1", cfg.groups, in_channels, gn);
-        let conv1 = conv2d(&vs / "conv1", in_channels, out, 3, 1);
-        let time_emb_proj = cfg.temb_channels.map(|t| nn::linear(&vs / "time_emb_proj", t, out, Default::default()));
+        let conv1 = adaptable_conv2d(&vs / "conv1", in_channels, out, 3, 1);
+        let time_emb_proj = cfg.temb_channels.map(|t| lora::linear(&vs / "time_emb_proj", t, out, Default::default()));
         let g2 = cfg.groups_out.unwrap_or(cfg.groups);
         let norm2 = nn::group_norm(&vs / "norm2", g2, out, gn);
-        let conv2 = conv2d(&vs / "conv2", out, out, 3, 1);
+        let conv2 = adaptable_conv2d(&vs / "conv2", out, out, 3, 1);
         let use_shortcut = cfg.use_in_shortcut.unwrap_or(in_channels != out);
-        let conv_shortcut = use_shortcut.then(|| conv2d(&vs / "conv_shortcut", in_channels, out, 1, 1));
+        let conv_shortcut = use_shortcut.then(|| adaptable_conv2d(&vs / "conv_shortcut", in_channels, out, 1, 1));
         ResnetBlock2D {
             norm1,
             conv1,
@@ -146,10 +153,10 @@ impl ResnetBlock2D {
 #[derive(Debug)]
 pub struct SpatialSelfAttention {
     group_norm: nn::GroupNorm,
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: lora::Linear,
+    to_k: lora::Linear,
+    to_v: lora::Linear,
+    to_out: lora::Linear,
     heads: i64,
     rescale_output_factor: f64,
 }
@@ -161,10 +168,10 @@ impl SpatialSelfAttention {
         let gcfg = nn::GroupNormConfig { eps, ..Default::default() };
         SpatialSelfAttention {
             group_norm: nn::group_norm(&vs / "group_norm", groups, channels, gcfg),
-            to_q: nn::linear(&vs / "to_q", channels, channels, Default::default()),
-            to_k: nn::linear(&vs / "to_k", channels, channels, Default::default()),
-            to_v: nn::linear(&vs / "to_v", channels, channels, Default::default()),
-            to_out: nn::linear(&vs / "to_out" / 0, channels, channels, Default::default()),
+            to_q: lora::linear(&vs / "to_q", channels, channels, Default::default()),
+            to_k: lora::linear(&vs / "to_k", channels, channels, Default::default()),
+            to_v: lora::linear(&vs / "to_v", channels, channels, Default::default()),
+            to_out: lora::linear(&vs / "to_out" / 0, channels, channels, Default::default()),
             heads,
             rescale_output_factor: 1.0,
         }
@@ -212,8 +219,8 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, d
 /// Two linear layers with SiLU between (diffusers `TimestepEmbedding`: `linear_1`, `linear_2`).
 #[derive(Debug)]
 pub struct TimestepEmbedding {
-    linear_1: nn::Linear,
-    linear_2: nn::Linear,
+    linear_1: lora::Linear,
+    linear_2: lora::Linear,
 }
 
 impl TimestepEmbedding {
@@ -224,8 +231,8 @@ impl TimestepEmbedding {
     /// Both layers with the initialisation of `cfg`.
     pub fn with_config(vs: nn::Path<'_>, in_channels: i64, time_embed_dim: i64, cfg: nn::LinearConfig) -> Self {
         TimestepEmbedding {
-            linear_1: nn::linear(&vs / "linear_1", in_channels, time_embed_dim, cfg),
-            linear_2: nn::linear(&vs / "linear_2", time_embed_dim, time_embed_dim, cfg),
+            linear_1: lora::linear(&vs / "linear_1", in_channels, time_embed_dim, cfg),
+            linear_2: lora::linear(&vs / "linear_2", time_embed_dim, time_embed_dim, cfg),
         }
     }
 }
@@ -241,7 +248,7 @@ impl Module for TimestepEmbedding {
 /// Stride-2 3x3 conv downsampling (diffusers `Downsample2D` with `use_conv`: `conv`).
 #[derive(Debug)]
 pub struct Downsample2D {
-    conv: nn::Conv2D,
+    conv: lora::Conv2D,
     /// diffusers' `padding = 0`: one zero row and column on the bottom and right, then an unpadded conv.
     pad_bottom_right: bool,
 }
@@ -255,7 +262,10 @@ impl Downsample2D {
     /// uses 0, which diffusers turns into an asymmetric `F.pad(x, (0, 1, 0, 1))` before a conv without padding.
     pub fn with_padding(vs: nn::Path<'_>, channels: i64, out_channels: i64, padding: i64) -> Self {
         let cfg = nn::ConvConfig { stride: 2, padding, ..Default::default() };
-        Downsample2D { conv: nn::conv2d(&vs / "conv", channels, out_channels, 3, cfg), pad_bottom_right: padding == 0 }
+        Downsample2D {
+            conv: lora::conv2d(&vs / "conv", channels, out_channels, 3, cfg),
+            pad_bottom_right: padding == 0,
+        }
     }
 }
 
@@ -275,12 +285,12 @@ impl Module for Downsample2D {
 /// Nearest-neighbour 2x upsampling then a 3x3 conv (diffusers `Upsample2D`: `conv`).
 #[derive(Debug)]
 pub struct Upsample2D {
-    conv: nn::Conv2D,
+    conv: lora::Conv2D,
 }
 
 impl Upsample2D {
     pub fn new(vs: nn::Path<'_>, channels: i64, out_channels: i64) -> Self {
-        Upsample2D { conv: conv2d(&vs / "conv", channels, out_channels, 3, 1) }
+        Upsample2D { conv: adaptable_conv2d(&vs / "conv", channels, out_channels, 3, 1) }
     }
 
     /// Upsample to an explicit size (U-Nets on odd sizes such as 28 -> 14 -> 7 need it).

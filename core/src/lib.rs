@@ -5,6 +5,7 @@
 //! - [`seed`]: reproducible randomness derived from `(seed, step)`.
 //! - [`checkpoint`]: safetensors checkpoints written atomically, key-mismatch reports.
 //! - [`layers`]: conv blocks, ResNet blocks, attention, timestep embeddings, resampling.
+//! - [`lora`]: low-rank adapters (LoRA) on linear and convolution layers, unfused or fused.
 //! - [`ema`]: exponential moving averages of weights.
 //! - [`optim`]: Adam/AdamW over one flat parameter buffer.
 //! - [`images`]: sample batches to PNG grids, PNG folders or HDF5.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod images;
 pub mod launch;
 pub mod layers;
+pub mod lora;
 pub mod optim;
 pub mod precision;
 pub mod report;

@@ -2,22 +2,23 @@
 //! `Attention` with `AttnProcessor2_0` and `SlicedAttnProcessor`, `models/attention.py`
 //! `BasicTransformerBlock` and `FeedForward` with GEGLU, `models/transformers/transformer_2d.py`
 //! `Transformer2DModel` on continuous input), with diffusers' parameter names.
+use genlab_core::lora;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 /// `proj_in` / `proj_out` of a transformer: 1x1 conv (SD 1.x) or linear (SD 2.x).
 #[derive(Debug)]
 enum Projection {
-    Conv(nn::Conv2D),
-    Linear(nn::Linear),
+    Conv(lora::Conv2D),
+    Linear(lora::Linear),
 }
 
 impl Projection {
     fn new(vs: nn::Path<'_>, c_in: i64, c_out: i64, linear: bool) -> Self {
         if linear {
-            Projection::Linear(nn::linear(vs, c_in, c_out, Default::default()))
+            Projection::Linear(lora::linear(vs, c_in, c_out, Default::default()))
         } else {
-            Projection::Conv(nn::conv2d(vs, c_in, c_out, 1, Default::default()))
+            Projection::Conv(lora::conv2d(vs, c_in, c_out, 1, Default::default()))
         }
     }
 }
@@ -26,10 +27,10 @@ impl Projection {
 /// multi-head attention of `xs` over itself or over a context.
 #[derive(Debug)]
 pub(crate) struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: lora::Linear,
+    to_k: lora::Linear,
+    to_v: lora::Linear,
+    to_out: lora::Linear,
     heads: i64,
     head_dim: i64,
     upcast: bool,
@@ -53,10 +54,10 @@ impl Attention {
         let inner = heads * head_dim;
         let qkv = nn::LinearConfig { bias, ..Default::default() };
         Attention {
-            to_q: nn::linear(&vs / "to_q", query_dim, inner, qkv),
-            to_k: nn::linear(&vs / "to_k", context_dim, inner, qkv),
-            to_v: nn::linear(&vs / "to_v", context_dim, inner, qkv),
-            to_out: nn::linear(&vs / "to_out" / 0, inner, query_dim, Default::default()),
+            to_q: lora::linear(&vs / "to_q", query_dim, inner, qkv),
+            to_k: lora::linear(&vs / "to_k", context_dim, inner, qkv),
+            to_v: lora::linear(&vs / "to_v", context_dim, inner, qkv),
+            to_out: lora::linear(&vs / "to_out" / 0, inner, query_dim, Default::default()),
             heads,
             head_dim,
             upcast,
@@ -139,16 +140,16 @@ fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 /// diffusers' `FeedForward` with GEGLU: `net.0.proj` to twice the inner width, `x * gelu(gate)`, `net.2`.
 #[derive(Debug)]
 struct FeedForward {
-    proj: nn::Linear,
-    out: nn::Linear,
+    proj: lora::Linear,
+    out: lora::Linear,
 }
 
 impl FeedForward {
     fn new(vs: nn::Path<'_>, dim: i64) -> Self {
         let inner = 4 * dim;
         FeedForward {
-            proj: nn::linear(&vs / "net" / 0 / "proj", dim, 2 * inner, Default::default()),
-            out: nn::linear(&vs / "net" / 2, inner, dim, Default::default()),
+            proj: lora::linear(&vs / "net" / 0 / "proj", dim, 2 * inner, Default::default()),
+            out: lora::linear(&vs / "net" / 2, inner, dim, Default::default()),
         }
     }
 }

@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use genlab_core::checkpoint::load_named_into;
+use genlab_core::lora;
 use genlab_core::CoreError;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, VarStore};
@@ -195,10 +196,10 @@ impl ClipTextConfig {
 
 /// transformers' `CLIPAttention` with the causal mask `CLIPTextTransformer` gives it.
 struct ClipAttention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
+    q_proj: lora::Linear,
+    k_proj: lora::Linear,
+    v_proj: lora::Linear,
+    out_proj: lora::Linear,
     heads: i64,
     head_dim: i64,
 }
@@ -206,7 +207,7 @@ struct ClipAttention {
 impl ClipAttention {
     fn new(vs: nn::Path<'_>, cfg: &ClipTextConfig) -> Self {
         let h = cfg.hidden_size;
-        let lin = |name: &str| nn::linear(&vs / name, h, h, Default::default());
+        let lin = |name: &str| lora::linear(&vs / name, h, h, Default::default());
         Self {
             q_proj: lin("q_proj"),
             k_proj: lin("k_proj"),
@@ -235,8 +236,8 @@ impl ClipAttention {
 struct ClipEncoderLayer {
     self_attn: ClipAttention,
     layer_norm1: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc1: lora::Linear,
+    fc2: lora::Linear,
     layer_norm2: nn::LayerNorm,
     activation: ClipActivation,
 }
@@ -251,8 +252,8 @@ impl ClipEncoderLayer {
         Self {
             self_attn: ClipAttention::new(&vs / "self_attn", cfg),
             layer_norm1: ln("layer_norm1"),
-            fc1: nn::linear(&mlp / "fc1", h, i, Default::default()),
-            fc2: nn::linear(&mlp / "fc2", i, h, Default::default()),
+            fc1: lora::linear(&mlp / "fc1", h, i, Default::default()),
+            fc2: lora::linear(&mlp / "fc2", i, h, Default::default()),
             layer_norm2: ln("layer_norm2"),
             activation,
         }
@@ -274,14 +275,27 @@ pub struct ClipTextModel {
     position_embedding: nn::Embedding,
     layers: Vec<ClipEncoderLayer>,
     final_layer_norm: nn::LayerNorm,
-    text_projection: Option<nn::Linear>,
+    text_projection: Option<lora::Linear>,
     cfg: ClipTextConfig,
     device: Device,
+    /// Every linear layer, by name, for low-rank adapters.
+    lora: lora::Targets,
 }
 
 impl ClipTextModel {
     /// Declare the model's variables under `vs / "text_model"`, named as transformers names them.
     pub fn new(vs: nn::Path<'_>, cfg: &ClipTextConfig) -> Result<Self> {
+        let (model, targets) = lora::collect(|| Self::build(vs, cfg));
+        Ok(ClipTextModel { lora: targets, ..model? })
+    }
+
+    /// The layers low-rank adapters can attach to, by transformers' module names
+    /// (`text_model.encoder.layers.0.self_attn.q_proj`, `text_projection`).
+    pub fn lora_targets(&self) -> &lora::Targets {
+        &self.lora
+    }
+
+    fn build(vs: nn::Path<'_>, cfg: &ClipTextConfig) -> Result<Self> {
         cfg.validate()?;
         let activation = cfg.activation()?;
         let tm = &vs / "text_model";
@@ -304,7 +318,7 @@ impl ClipTextModel {
         let with_projection = cfg.architectures.iter().any(|a| a == "CLIPTextModelWithProjection");
         let text_projection = with_projection.then(|| {
             let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
-            nn::linear(&vs / "text_projection", cfg.hidden_size, cfg.projection_dim, no_bias)
+            lora::linear(&vs / "text_projection", cfg.hidden_size, cfg.projection_dim, no_bias)
         });
         Ok(Self {
             token_embedding,
@@ -314,6 +328,7 @@ impl ClipTextModel {
             text_projection,
             cfg: cfg.clone(),
             device: vs.device(),
+            lora: lora::Targets::default(),
         })
     }
 

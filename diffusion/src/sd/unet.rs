@@ -26,6 +26,7 @@ use genlab_core::checkpoint::load_named_into;
 use genlab_core::layers::{
     timestep_embedding, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, TimestepEmbedding, Upsample2D,
 };
+use genlab_core::lora;
 
 /// The weights file of a diffusers `unet/` folder.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -453,16 +454,18 @@ type UpBlock = crate::unet_2d_blocks::UpBlock<Transformer2D>;
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
     pub cfg: UNet2DConditionConfig,
-    conv_in: nn::Conv2D,
+    conv_in: lora::Conv2D,
     time_embedding: TimestepEmbedding,
     add_embedding: Option<AddEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<Layers>,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2D,
+    conv_out: lora::Conv2D,
     cross_attention_dim: i64,
     attention_slice: Option<i64>,
+    /// Every linear and convolution layer, by name, for low-rank adapters.
+    lora: lora::Targets,
 }
 
 /// SDXL's added conditioning: `add_time_proj` (sinusoidal, no weights) of each of the six size/crop ids,
@@ -505,12 +508,23 @@ impl AddEmbedding {
 impl UNet2DConditionModel {
     /// Build the network under `vs` with diffusers' parameter names (random weights).
     pub fn new(vs: nn::Path<'_>, cfg: &UNet2DConditionConfig) -> Result<Self> {
+        let (model, targets) = lora::collect(|| Self::build(vs, cfg));
+        Ok(UNet2DConditionModel { lora: targets, ..model? })
+    }
+
+    /// The layers low-rank adapters can attach to, by diffusers' module names (`down_blocks.0.attentions.0.proj_in`).
+    pub fn lora_targets(&self) -> &lora::Targets {
+        &self.lora
+    }
+
+    fn build(vs: nn::Path<'_>, cfg: &UNet2DConditionConfig) -> Result<Self> {
         let lv = cfg.per_level()?;
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let groups = lv.groups;
         let conv = |k: i64| nn::ConvConfig { padding: (k - 1) / 2, ..Default::default() };
-        let conv_in = nn::conv2d(&vs / "conv_in", cfg.in_channels, ch[0], cfg.conv_in_kernel, conv(cfg.conv_in_kernel));
+        let conv_in =
+            lora::conv2d(&vs / "conv_in", cfg.in_channels, ch[0], cfg.conv_in_kernel, conv(cfg.conv_in_kernel));
         let time_embedding = TimestepEmbedding::new(&vs / "time_embedding", ch[0], cfg.time_embed_dim());
         let add_embedding =
             match (&cfg.addition_embed_type, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
@@ -610,7 +624,7 @@ impl UNet2DConditionModel {
         let gn = nn::GroupNormConfig { eps: cfg.norm_eps, ..Default::default() };
         let conv_norm_out = nn::group_norm(&vs / "conv_norm_out", groups, ch[0], gn);
         let conv_out =
-            nn::conv2d(&vs / "conv_out", ch[0], cfg.out_channels, cfg.conv_out_kernel, conv(cfg.conv_out_kernel));
+            lora::conv2d(&vs / "conv_out", ch[0], cfg.out_channels, cfg.conv_out_kernel, conv(cfg.conv_out_kernel));
         Ok(UNet2DConditionModel {
             cfg: cfg.clone(),
             conv_in,
@@ -623,6 +637,7 @@ impl UNet2DConditionModel {
             conv_out,
             cross_attention_dim: lv.cross_attention_dim,
             attention_slice: None,
+            lora: lora::Targets::default(),
         })
     }
 
