@@ -59,6 +59,9 @@ pub enum DiffusionError {
     /// A pretrained model's file or folder: missing, unreadable, or with a bad config.json.
     #[error("{path}: {message}")]
     Model { path: std::path::PathBuf, message: String },
+    /// A LoRA file: unreadable, of an unsupported kind, or not fitting the model (names the keys and shapes).
+    #[error("{path}: {message}")]
+    Lora { path: std::path::PathBuf, message: String },
     /// A configuration value genlab does not implement (named, with the supported values).
     #[error("unsupported model configuration: {0}")]
     Unsupported(String),

@@ -19,8 +19,9 @@ const APT: &[(&str, &str)] = &[
 
 /// PyPI packages the tests use, in the project venv: `tensorboard` reads the event files
 /// the training harness writes; diffusers and transformers build the reference models the Stable
-/// Diffusion parity tests compare against (`diffusion/tests/reference/sd_tiny.py`).
-const PYPI: &[&str] = &["tensorboard", "diffusers==0.42.1", "transformers==5.24.0"];
+/// Diffusion parity tests compare against (`diffusion/tests/reference/sd_tiny.py`), and peft the LoRA adapters
+/// they load.
+const PYPI: &[&str] = &["tensorboard", "diffusers==0.42.1", "transformers==5.24.0", "peft==0.22.0"];
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)

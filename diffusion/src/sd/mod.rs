@@ -4,11 +4,14 @@
 //! - [`unet`]: diffusers' `UNet2DConditionModel` with cross-attention.
 //! - [`loader`]: [`StableDiffusion`], loaded from a diffusers folder or a single-file checkpoint.
 //! - [`single_file`]: the original checkpoints' key names.
+//! - [`lora`]: LoRA files (kohya, peft, diffusers layouts) matched to a model's layers.
 //! - [`pipeline`]: text-to-image, image-to-image and inpainting.
 pub mod loader;
+pub mod lora;
 pub mod pipeline;
 pub mod single_file;
 pub mod unet;
 
 pub use loader::{LoadOptions, SdConfig, StableDiffusion};
+pub use lora::{LoraFile, LoraReport, LoraSpec};
 pub use pipeline::{GenerateOptions, Generated};

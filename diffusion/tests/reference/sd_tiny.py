@@ -4,7 +4,8 @@
 
     .venv/bin/python diffusion/tests/reference/sd_tiny.py --vocab BPE_GZ --out DIR
 
-Needs torch 2.13.0, diffusers 0.42.1 and transformers 5.24.0 (`cargo xtask setup` installs them into .venv).
+Needs torch 2.13.0, diffusers 0.42.1, transformers 5.24.0 and peft 0.22.0 (`cargo xtask setup` installs them
+into .venv).
 The tests run this script once per change of its text, into target/, and compare genlab against what it wrote.
 
 Builds, with random weights (every norm weight and bias perturbed so none is the identity):
@@ -22,6 +23,18 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   diffusers repository writes them (v2: OpenCLIP text keys with fused in_proj and one extra, unused layer),
   plus buffers that real checkpoints carry and a loader ignores; each is checked by loading it back with
   diffusers' `from_single_file` into identical weights;
+- `lora_a/` and `lora_b/`: two peft LoRA adapters of `pipeline/`, saved by diffusers' `save_lora_weights` with
+  their LoraConfig as metadata: `a` (rank 4, alpha 4) on the UNet's attention projections and the text
+  encoder's; `b` (rank 2, alpha 1, one layer at rank 3 and alpha 6 through `rank_pattern`/`alpha_pattern`) on 3x3,
+  stride-2 and 1x1 convolutions, time projections, feed-forward outputs and the text encoder's MLP. Their up
+  projections are random (peft starts them at zero, which would make every comparison trivially pass).
+  `lora_a_kohya.safetensors` is `a` in kohya-ss / A1111 keys (`lora_unet_*`, `lora_te_*`, `.alpha`) and
+  `lora_a_diffusers.safetensors` in diffusers' own pre-peft keys (`.lora.down`, `.lora_linear_layer.up`); both
+  are checked to give diffusers the same image as `a`;
+- `lora_xl/` and `lora_xl_kohya.safetensors`: a LoRA of `pipeline_xl/` on the UNet's attention, convolutions
+  and time projections and on both text encoders, saved by diffusers and in kohya's SDXL layout (the UNet under
+  its original SGM names, `lora_unet_input_blocks_4_1_...`, text encoders as `lora_te1_` and `lora_te2_`),
+  checked to give diffusers the same image;
 - `io.safetensors`: fixed inputs and the reference outputs (names below).
 """
 import argparse
@@ -44,7 +57,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from safetensors.torch import save_file
+from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 assert diffusers.__version__ == "0.42.1", diffusers.__version__
@@ -295,6 +311,101 @@ def check_single_file(pipe, path, folder):
             assert torch.equal(v, got[k].reshape(v.shape)), (path, comp, k)
 
 
+LORA_SPECS = {
+    # name: (UNet config, text encoder config)
+    "a": (LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]),
+          LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])),
+    "b": (LoraConfig(r=2, lora_alpha=1, init_lora_weights="gaussian",
+                     target_modules=["conv1", "conv2", "conv", "proj_in", "time_emb_proj", "ff.net.2", "conv_shortcut"],
+                     rank_pattern={"down_blocks.1.resnets.0.conv1": 3}, alpha_pattern={"down_blocks.1.resnets.0.conv1": 6}),
+          # diffusers cannot infer the format of a text encoder LoRA on the MLP alone: q_proj goes with it.
+          LoraConfig(r=2, lora_alpha=1, init_lora_weights="gaussian", target_modules=["q_proj", "fc1", "fc2"])),
+}
+
+
+def load_pipeline(folder):
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lora_files(tmp):
+    """The adapters of LORA_SPECS on `pipeline/`, saved as diffusers saves them, `a` also in two other layouts."""
+    pipe = load_pipeline(os.path.join(tmp, "pipeline"))
+    torch.manual_seed(7)
+    files = {}
+    for name, (unet_cfg, text_cfg) in LORA_SPECS.items():
+        pipe.unet.add_adapter(unet_cfg, adapter_name=name)
+        pipe.text_encoder.add_adapter(text_cfg, adapter_name=name)
+        with torch.no_grad():
+            for model in (pipe.unet, pipe.text_encoder):
+                for n, p in model.named_parameters():
+                    if f"lora_B.{name}." in n:
+                        p.normal_(0, 0.1)
+        folder = os.path.join(tmp, "lora_" + name)
+        StableDiffusionPipeline.save_lora_weights(
+            folder,
+            unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=name),
+            text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder, adapter_name=name),
+            unet_lora_adapter_metadata=unet_cfg.to_dict(),
+            text_encoder_lora_adapter_metadata=text_cfg.to_dict(),
+        )
+        files[name] = os.path.join(folder, "pytorch_lora_weights.safetensors")
+    # kohya's text keys carry transformers 4's `text_model.` (transformers 5 saves without it) and SD 1.x's
+    # `lora_te_` (diffusers writes SDXL's `lora_te1_`).
+    peft_a = load_file(files["a"])
+    with_text_model = {k.replace("text_encoder.", "text_encoder.text_model."): v for k, v in peft_a.items()}
+    kohya = {k.replace("lora_te1_", "lora_te_"): v for k, v in convert_state_dict_to_kohya(with_text_model).items()}
+    files["a_kohya"] = os.path.join(tmp, "lora_a_kohya.safetensors")
+    save_file(kohya, files["a_kohya"])
+    files["a_diffusers"] = os.path.join(tmp, "lora_a_diffusers.safetensors")
+    save_file(convert_state_dict_to_diffusers(peft_a), files["a_diffusers"])
+    return files
+
+
+def lora_xl_files(tmp):
+    """A LoRA of `pipeline_xl/`, in diffusers' layout and in kohya's SDXL layout (SGM UNet names)."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(os.path.join(tmp, "pipeline_xl"))
+    torch.manual_seed(8)
+    unet_cfg = LoraConfig(r=4, lora_alpha=2, init_lora_weights="gaussian",
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv", "time_emb_proj"])
+    text_cfg = LoraConfig(r=4, lora_alpha=2, init_lora_weights="gaussian",
+                          target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    pipe.unet.add_adapter(unet_cfg)
+    pipe.text_encoder.add_adapter(text_cfg)
+    pipe.text_encoder_2.add_adapter(text_cfg)
+    layers = {}
+    with torch.no_grad():
+        for comp in ("unet", "text_encoder", "text_encoder_2"):
+            model = getattr(pipe, comp)
+            for n, p in model.named_parameters():
+                if "lora_B." in n:
+                    p.normal_(0, 0.1)
+            layers[comp] = get_peft_model_state_dict(model)
+    folder = os.path.join(tmp, "lora_xl")
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"],
+        text_encoder_2_lora_layers=layers["text_encoder_2"], unet_lora_adapter_metadata=unet_cfg.to_dict(),
+        text_encoder_lora_adapter_metadata=text_cfg.to_dict(), text_encoder_2_lora_adapter_metadata=text_cfg.to_dict())
+    kohya = {}
+    for comp, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):
+        for key, v in layers[comp].items():
+            module, part = key.rsplit(".lora_", 1)
+            if comp == "unet":
+                # The original name of the module, through the same renaming as a single-file checkpoint.
+                (orig,) = unet_to_original({module + ".weight": v}, pipe.unet.config)
+                module = orig.removeprefix("model.diffusion_model.").removesuffix(".weight")
+            elif not module.startswith("text_model."):
+                # transformers 5's CLIPTextModel has no `text_model.` (CLIPTextModelWithProjection keeps it).
+                module = "text_model." + module
+            name = prefix + module.replace(".", "_")
+            kohya[name + (".lora_down.weight" if part.startswith("A") else ".lora_up.weight")] = v
+            kohya[name + ".alpha"] = torch.tensor(float(text_cfg.lora_alpha))
+    kohya_path = os.path.join(tmp, "lora_xl_kohya.safetensors")
+    save_file(kohya, kohya_path)
+    return os.path.join(folder, "pytorch_lora_weights.safetensors"), kohya_path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", required=True, help="OpenAI's bpe_simple_vocab_16e6.txt.gz")
@@ -467,6 +578,40 @@ def main():
         enc2 = xl.text_encoder_2(ids, output_hidden_states=True)
         io["xl.text2.penultimate"] = enc2.hidden_states[-2]
         io["xl.text2.text_embeds"] = enc2.text_embeds
+
+        # LoRA, with DDIM (the folder's scheduler): a at 0.5 and b at 0.8 unfused; both at 1 fused into the
+        # weights; a alone at 1 from each of its three layouts, which must agree.
+        files = lora_files(tmp)
+        kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                  guidance_scale=GUIDANCE, output_type="pt")
+        pipe = load_pipeline(os.path.join(tmp, "pipeline"))
+        pipe.load_lora_weights(files["a"], adapter_name="a")
+        pipe.load_lora_weights(files["b"], adapter_name="b")
+        pipe.set_adapters(["a", "b"], adapter_weights=[0.5, 0.8])
+        io["lora.unfused.image"] = pipe(latents=latents.clone(), **kw).images
+        pipe.set_adapters(["a", "b"], adapter_weights=[1.0, 1.0])
+        pipe.fuse_lora(lora_scale=1.0, adapter_names=["a", "b"])
+        io["lora.fused.image"] = pipe(latents=latents.clone(), **kw).images
+        alone = {}
+        for layout in ("a", "a_kohya", "a_diffusers"):
+            pipe = load_pipeline(os.path.join(tmp, "pipeline"))
+            pipe.load_lora_weights(files[layout], adapter_name="a")
+            alone[layout] = pipe(latents=latents.clone(), **kw).images
+            assert torch.allclose(alone[layout], alone["a"], atol=1e-6), layout
+        io["lora.a.image"] = alone["a"]
+
+        # SDXL: the LoRA from diffusers' layout and from kohya's SGM layout, at weight 0.7.
+        xl_files = lora_xl_files(tmp)
+        images = []
+        for path in xl_files:
+            pipe = StableDiffusionXLPipeline.from_pretrained(os.path.join(tmp, "pipeline_xl"))
+            pipe.set_progress_bar_config(disable=True)
+            pipe.load_lora_weights(path, adapter_name="xl")
+            pipe.set_adapters(["xl"], adapter_weights=[0.7])
+            images.append(pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                               guidance_scale=5.0, latents=latents.clone(), output_type="pt").images)
+        assert torch.allclose(images[0], images[1], atol=1e-6), (images[0] - images[1]).abs().max()
+        io["lora.xl.image"] = images[0]
 
     save_file({k: v.contiguous().clone() for k, v in io.items()}, os.path.join(tmp, "io.safetensors"))
     with open(os.path.join(tmp, "versions.json"), "w") as f:
