@@ -1,6 +1,7 @@
 //! `genlab diffusion txt2img`, and `img2img` / `inpaint` with `--model`, on the tiny diffusers models of
 //! `diffusion/tests/reference/sd_tiny.py`: the written image is diffusers' to within one grey level, a
-//! single-file checkpoint writes the same image as its diffusers folder, and bad flags are clear errors.
+//! single-file checkpoint writes the same image as its diffusers folder, LoRA files (`--lora`) give diffusers'
+//! LoRA images, and bad flags are clear errors.
 #[path = "../../diffusion/tests/common/sd_reference.rs"]
 mod sd_reference;
 
@@ -81,6 +82,55 @@ fn txt2img_writes_diffusers_image_and_single_files_give_the_same() {
     assert_eq!(rgb(&pngs[0]).dimensions(), (32, 32));
 }
 
+/// The largest difference, in grey levels, between a written PNG and a reference image of `io.safetensors`.
+fn levels_from(png: &Path, key: &str) -> i32 {
+    let want = (r::io(key).get(0).permute([1, 2, 0]) * 255.0).round().to_kind(tch::Kind::Uint8);
+    let want = Vec::<u8>::try_from(want.flatten(0, -1)).unwrap();
+    rgb(png).as_raw().iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap()
+}
+
+#[test]
+fn lora_files_give_diffusers_images_unfused_and_fused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        r::dir().join("lora_a/pytorch_lora_weights.safetensors"),
+        r::dir().join("lora_b/pytorch_lora_weights.safetensors"),
+    );
+    let txt2img = |loras: &[String], extra: &[&str], out: &Path| {
+        let mut c = genlab();
+        c.args(["diffusion", "txt2img", "--model"]).arg(r::dir().join("pipeline")).args(RUN);
+        c.args(["--sampler", "ddim", "--height", "32", "--width", "32"]).args(extra);
+        for l in loras {
+            c.args(["--lora", l]);
+        }
+        c.arg("--out").arg(out).output().unwrap()
+    };
+    let spec = |p: &Path, w: &str| format!("{}:{w}", p.display());
+    let png = tmp.path().join("unfused.png");
+    let text = ok(txt2img(&[spec(&a, "0.5"), spec(&b, "0.8")], &[], &png));
+    assert!(text.contains("LoRA pytorch_lora_weights.safetensors (peft format) x0.5 on 100 layers"), "{text}");
+    let worst = levels_from(&png, "lora.unfused.image");
+    assert!(worst <= 1, "unfused LoRA pixels differ from diffusers' by up to {worst} levels");
+    let png = tmp.path().join("fused.png");
+    ok(txt2img(&[a.display().to_string(), spec(&b, "1")], &["--lora-fuse"], &png));
+    let worst = levels_from(&png, "lora.fused.image");
+    assert!(worst <= 1, "fused LoRA pixels differ from diffusers' by up to {worst} levels");
+    let png = tmp.path().join("kohya.png");
+    ok(txt2img(&[r::dir().join("lora_a_kohya.safetensors").display().to_string()], &[], &png));
+    let worst = levels_from(&png, "lora.a.image");
+    assert!(worst <= 1, "kohya LoRA pixels differ from diffusers' by up to {worst} levels");
+
+    // An SD 1.x LoRA on SDXL: refused, listing keys; nothing written.
+    let out = tmp.path().join("xl.png");
+    let mut c = genlab();
+    c.args(["diffusion", "txt2img", "--model"]).arg(r::dir().join("pipeline_xl")).args(RUN).arg("--lora").arg(&a);
+    let e = fail(c.arg("--out").arg(&out).output().unwrap());
+    assert!(e.contains("match no layer") && e.contains("unet.down_blocks.0.attentions.0"), "{e}");
+    assert!(!out.exists());
+    let e = fail(txt2img(&["/nonexistent/style.safetensors:0.5".into()], &[], &out));
+    assert!(e.contains("/nonexistent/style.safetensors: file not found"), "{e}");
+}
+
 #[test]
 fn txt2img_runs_an_sdxl_folder() {
     let tmp = tempfile::tempdir().unwrap();
@@ -115,6 +165,8 @@ fn img2img_and_inpaint_take_a_model() {
         .args(["diffusion", "img2img", "--strength", "0.6", "--model"])
         .arg(&model)
         .args(RUN)
+        .arg("--lora")
+        .arg(r::dir().join("lora_a_kohya.safetensors"))
         .arg("--input")
         .arg(&input)
         .arg("--out")
