@@ -1,7 +1,7 @@
 //! `genlab diffusion txt2img`, and `img2img` / `inpaint` with `--model`, on the tiny diffusers models of
 //! `diffusion/tests/reference/sd_tiny.py`: the written image is diffusers' to within one grey level, a
-//! single-file checkpoint writes the same image as its diffusers folder, LoRA files (`--lora`) give diffusers'
-//! LoRA images, and bad flags are clear errors.
+//! single-file checkpoint writes the same image as its diffusers folder, LoRA files (`--lora`) and
+//! textual-inversion embeddings (`--embedding`) give diffusers' images, and bad flags are clear errors.
 #[path = "../../diffusion/tests/common/sd_reference.rs"]
 mod sd_reference;
 
@@ -129,6 +129,25 @@ fn lora_files_give_diffusers_images_unfused_and_fused() {
     assert!(!out.exists());
     let e = fail(txt2img(&["/nonexistent/style.safetensors:0.5".into()], &[], &out));
     assert!(e.contains("/nonexistent/style.safetensors: file not found"), "{e}");
+}
+
+#[test]
+fn embeddings_give_diffusers_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("ti.png");
+    let mut c = genlab();
+    c.args(["diffusion", "txt2img", "--model"]).arg(r::dir().join("pipeline")).args(RUN);
+    c.args(["--prompt", "a photo of <cat-toy> in <style> style", "--sampler", "ddim", "--embedding"]);
+    c.arg(r::dir().join("ti_cat.safetensors")).arg("--embedding");
+    let text = ok(c
+        .arg(format!("{}:<style>", r::dir().join("ti_style.safetensors").display()))
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap());
+    assert!(text.contains("embedding <cat-toy> (1 vector); embedding <style> (3 vectors)"), "{text}");
+    let worst = levels_from(&png, "ti.image");
+    assert!(worst <= 1, "pixels differ from diffusers' by up to {worst} levels");
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub enum DiffusionError {
     /// A LoRA file: unreadable, of an unsupported kind, or not fitting the model (names the keys and shapes).
     #[error("{path}: {message}")]
     Lora { path: std::path::PathBuf, message: String },
+    /// A textual-inversion embedding file: unreadable, of another layout, or not fitting the model.
+    #[error("{path}: {message}")]
+    Embedding { path: std::path::PathBuf, message: String },
     /// A configuration value genlab does not implement (named, with the supported values).
     #[error("unsupported model configuration: {0}")]
     Unsupported(String),

@@ -337,6 +337,33 @@ impl ClipTextModel {
         &self.cfg
     }
 
+    /// Give token ids `first_id..` the embeddings `rows` (transformers' `resize_token_embeddings` then the
+    /// rows written, as diffusers' `load_textual_inversion` does): the embedding table keeps its first
+    /// `first_id` rows and grows by `rows`, in the table's kind and on its device.
+    ///
+    /// # Shapes
+    /// - `rows`: [n, hidden_size]
+    pub fn add_token_embeddings(&mut self, first_id: i64, rows: &Tensor) -> Result<()> {
+        let ws = &mut self.token_embedding.ws;
+        let (have, hidden) = (ws.size()[0], self.cfg.hidden_size);
+        if rows.dim() != 2 || rows.size()[1] != hidden || rows.size()[0] < 1 {
+            return Err(DiffusionError::Shape(format!(
+                "token embeddings: expected [n, {hidden}] rows for this text encoder, got {:?}",
+                rows.size()
+            )));
+        }
+        if !(0..=have).contains(&first_id) {
+            return Err(DiffusionError::Shape(format!(
+                "token embeddings: the first new id {first_id} is outside 0..={have} (the table's rows)"
+            )));
+        }
+        let grown = Tensor::cat(&[ws.narrow(0, 0, first_id), rows.to_device(ws.device()).to_kind(ws.kind())], 0);
+        // `set_data` keeps the variable (the VarStore's and this layer's handle) and replaces its rows.
+        tch::no_grad(|| ws.set_data(&grown));
+        self.cfg.vocab_size = grown.size()[0];
+        Ok(())
+    }
+
     /// transformers' `last_hidden_state`: the last layer's output through the final LayerNorm, what Stable
     /// Diffusion's U-Net cross-attends to. `input_ids` may live on any device; they are moved to the model's.
     ///

@@ -56,6 +56,9 @@ pub struct ClipTokenizer {
     pub pad_id: i64,
     /// Length of a padded sequence (77).
     pub max_length: usize,
+    /// Tokens added after the vocabulary (textual-inversion embeddings), longest first: the text and the ids
+    /// it stands for (several for a multi-vector token).
+    added: Vec<(String, Vec<i64>)>,
 }
 
 fn tok_err(path: &Path, message: impl Into<String>) -> DiffusionError {
@@ -221,6 +224,7 @@ impl ClipTokenizer {
             eos_id,
             pad_id: eos_id,
             max_length: MAX_LENGTH,
+            added: Vec::new(),
         })
     }
 
@@ -346,9 +350,56 @@ impl ClipTokenizer {
         self.decoder.get(&id).cloned()
     }
 
-    /// Number of tokens in the vocabulary.
+    /// Number of tokens in the vocabulary, added tokens included (the next added token's id).
     pub fn vocab_size(&self) -> usize {
         self.encoder.len()
+    }
+
+    /// Add `token` standing for `vectors` new ids (transformers' `add_tokens`, as diffusers'
+    /// `load_textual_inversion` uses it): a multi-vector token also adds `token_1` ... `token_{n-1}` and
+    /// expands to all of them wherever it appears, as diffusers' `maybe_convert_prompt` rewrites prompts.
+    /// Matching is on the cleaned, lowercased text, so the token is lowercased. Returns the new ids; a token
+    /// (or one of its `_i` names) already in the vocabulary is an error naming it.
+    pub fn add_token(&mut self, token: &str, vectors: usize) -> std::result::Result<Vec<i64>, String> {
+        let token = token.trim().to_lowercase();
+        if token.is_empty() || token.contains(char::is_whitespace) || vectors == 0 {
+            return Err(format!("`{token}` with {vectors} vectors: a token is one word with at least one vector"));
+        }
+        let names: Vec<String> =
+            std::iter::once(token.clone()).chain((1..vectors).map(|i| format!("{token}_{i}"))).collect();
+        if let Some(taken) = names.iter().find(|n| self.encoder.contains_key(*n)) {
+            return Err(format!("the token `{taken}` is in the tokenizer's vocabulary already: choose another token"));
+        }
+        let first = self.encoder.len() as i64;
+        let ids: Vec<i64> = (first..first + vectors as i64).collect();
+        for (i, (n, &id)) in names.iter().zip(&ids).enumerate() {
+            self.encoder.insert(n.clone(), id);
+            self.decoder.insert(id, n.clone());
+            // The token itself stands for all its vectors; `token_i` for its own.
+            self.added.push((n.clone(), if i == 0 { ids.clone() } else { vec![id] }));
+        }
+        self.added.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+        Ok(ids)
+    }
+
+    /// The ids of `text` split around the added tokens (longest first), the rest by BPE.
+    fn encode_cleaned(&self, text: &str, ids: &mut Vec<i64>) {
+        if !self.added.is_empty() {
+            let mut start = 0;
+            for (i, _) in text.char_indices() {
+                if i < start {
+                    continue;
+                }
+                if let Some((t, token_ids)) = self.added.iter().find(|(t, _)| text[i..].starts_with(t.as_str())) {
+                    self.encode_bpe(&text[start..i], ids);
+                    ids.extend_from_slice(token_ids);
+                    start = i + t.len();
+                }
+            }
+            self.encode_bpe(&text[start..], ids);
+            return;
+        }
+        self.encode_bpe(text, ids);
     }
 
     /// BPE of one pre-token already mapped to byte symbols; the symbols of the result.
@@ -385,9 +436,14 @@ impl ClipTokenizer {
 
     /// The ids of `text`, without start, end or padding tokens.
     pub fn encode(&self, text: &str) -> Vec<i64> {
-        let text = clean(text);
         let mut ids = Vec::new();
-        for m in self.pattern.find_iter(&text) {
+        self.encode_cleaned(&clean(text), &mut ids);
+        ids
+    }
+
+    /// BPE ids of cleaned text, appended to `ids`.
+    fn encode_bpe(&self, text: &str, ids: &mut Vec<i64>) {
+        for m in self.pattern.find_iter(text) {
             let piece = m.as_str();
             if piece == BOS || piece == EOS {
                 ids.push(if piece == BOS { self.bos_id } else { self.eos_id });
@@ -406,7 +462,6 @@ impl ClipTokenizer {
                 }
             }
         }
-        ids
     }
 
     /// The text encoder's input: start token, at most `max_length - 2` ids of `text`, end

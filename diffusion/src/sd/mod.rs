@@ -5,13 +5,19 @@
 //! - [`loader`]: [`StableDiffusion`], loaded from a diffusers folder or a single-file checkpoint.
 //! - [`single_file`]: the original checkpoints' key names.
 //! - [`lora`]: LoRA files (kohya, peft, diffusers layouts) matched to a model's layers.
+//! - [`embedding`]: textual-inversion embeddings.
+//! - [`adapt`]: [`StableDiffusion::open`] with [`LoadOptions`], and the LoRA and embedding methods.
 //! - [`pipeline`]: text-to-image, image-to-image and inpainting.
+pub mod adapt;
+pub mod embedding;
 pub mod loader;
 pub mod lora;
 pub mod pipeline;
 pub mod single_file;
 pub mod unet;
 
-pub use loader::{LoadOptions, SdConfig, StableDiffusion};
+pub use adapt::LoadOptions;
+pub use embedding::{EmbeddingFile, EmbeddingReport, EmbeddingSpec};
+pub use loader::{SdConfig, StableDiffusion};
 pub use lora::{LoraFile, LoraReport, LoraSpec};
 pub use pipeline::{GenerateOptions, Generated};

@@ -35,6 +35,10 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   and time projections and on both text encoders, saved by diffusers and in kohya's SDXL layout (the UNet under
   its original SGM names, `lora_unet_input_blocks_4_1_...`, text encoders as `lora_te1_` and `lora_te2_`),
   checked to give diffusers the same image;
+- `ti_cat.safetensors` (diffusers' `learned_embeds` layout: one vector under its token `<cat-toy>`),
+  `ti_style.safetensors` (A1111's layout: three vectors as `emb_params`, used as `<style>`) and
+  `ti_xl.safetensors` (SDXL's: `clip_l` and `clip_g`, two vectors each): textual-inversion embeddings, with the
+  ids, text embeddings and images diffusers' `load_textual_inversion` gives for prompts that use them;
 - `io.safetensors`: fixed inputs and the reference outputs (names below).
 """
 import argparse
@@ -612,6 +616,36 @@ def main():
                                guidance_scale=5.0, latents=latents.clone(), output_type="pt").images)
         assert torch.allclose(images[0], images[1], atol=1e-6), (images[0] - images[1]).abs().max()
         io["lora.xl.image"] = images[0]
+
+        # Textual inversion: a single-vector token from diffusers' layout, a three-vector one from A1111's, used
+        # together (the multi-vector token expands to `<style> <style>_1 <style>_2`); SDXL's two-encoder file.
+        torch.manual_seed(9)
+        save_file({"<cat-toy>": torch.randn(32) * 0.5}, os.path.join(tmp, "ti_cat.safetensors"))
+        save_file({"emb_params": torch.randn(3, 32) * 0.5}, os.path.join(tmp, "ti_style.safetensors"))
+        save_file({"clip_l": torch.randn(2, 32) * 0.5, "clip_g": torch.randn(2, 32) * 0.5},
+                  os.path.join(tmp, "ti_xl.safetensors"))
+        pipe = load_pipeline(os.path.join(tmp, "pipeline"))
+        pipe.load_textual_inversion(os.path.join(tmp, "ti_cat.safetensors"))
+        pipe.load_textual_inversion(os.path.join(tmp, "ti_style.safetensors"), token="<style>")
+        ti_prompt = "a photo of <cat-toy> in <style> style"
+        converted = pipe.maybe_convert_prompt(ti_prompt, pipe.tokenizer)
+        ids = pipe.tokenizer([converted], padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids
+        io["ti.input_ids"] = ids
+        io["ti.text"] = pipe.text_encoder(ids).last_hidden_state
+        io["ti.image"] = pipe(prompt=ti_prompt, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
+                              num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=latents.clone(),
+                              output_type="pt").images
+        pipe = StableDiffusionXLPipeline.from_pretrained(os.path.join(tmp, "pipeline_xl"))
+        pipe.set_progress_bar_config(disable=True)
+        xl_ti = load_file(os.path.join(tmp, "ti_xl.safetensors"))
+        pipe.load_textual_inversion(xl_ti["clip_l"], token="<xl-style>", text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(xl_ti["clip_g"], token="<xl-style>", text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+        io["ti.xl.image"] = pipe(prompt="a photo of a cat, <xl-style>", negative_prompt=NEGATIVE, height=HEIGHT,
+                                 width=WIDTH, num_inference_steps=STEPS, guidance_scale=5.0,
+                                 latents=latents.clone(), output_type="pt").images
 
     save_file({k: v.contiguous().clone() for k, v in io.items()}, os.path.join(tmp, "io.safetensors"))
     with open(os.path.join(tmp, "versions.json"), "w") as f:
