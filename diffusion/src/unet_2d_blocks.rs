@@ -87,6 +87,20 @@ pub(crate) fn unet_blocks<A: BlockAttention>(
     ctx: &BlockContext<'_>,
     upsample_to_skip: bool,
 ) -> Result<Tensor> {
+    let (h, skips) = down_pass(h, down_blocks, ctx);
+    let h = match mid_block {
+        Some(mid) => mid.forward(&h, ctx),
+        None => h,
+    };
+    up_pass(h, skips, up_blocks, ctx, upsample_to_skip)
+}
+
+/// The down blocks: the last output and every skip, `h` itself first (diffusers' `down_block_res_samples`).
+pub(crate) fn down_pass<A: BlockAttention>(
+    h: Tensor,
+    down_blocks: &[DownBlock<A>],
+    ctx: &BlockContext<'_>,
+) -> (Tensor, Vec<Tensor>) {
     let mut h = h;
     let mut skips = vec![h.shallow_clone()];
     for block in down_blocks {
@@ -99,9 +113,18 @@ pub(crate) fn unet_blocks<A: BlockAttention>(
             skips.push(h.shallow_clone());
         }
     }
-    if let Some(mid) = mid_block {
-        h = mid.forward(&h, ctx);
-    }
+    (h, skips)
+}
+
+/// The up blocks, popping `skips` (as [`down_pass`] left them) newest first.
+pub(crate) fn up_pass<A: BlockAttention>(
+    h: Tensor,
+    mut skips: Vec<Tensor>,
+    up_blocks: &[UpBlock<A>],
+    ctx: &BlockContext<'_>,
+    upsample_to_skip: bool,
+) -> Result<Tensor> {
+    let mut h = h;
     for block in up_blocks {
         for i in 0..block.layers.resnets.len() {
             // The constructors push exactly as many skips as the up blocks pop.

@@ -6,9 +6,11 @@
 //! - [`single_file`]: the original checkpoints' key names.
 //! - [`lora`]: LoRA files (kohya, peft, diffusers layouts) matched to a model's layers.
 //! - [`embedding`]: textual-inversion embeddings.
+//! - [`controlnet`]: ControlNets, whose residuals steer the UNet with a control image.
 //! - [`adapt`]: [`StableDiffusion::open`] with [`LoadOptions`], and the LoRA and embedding methods.
 //! - [`pipeline`]: text-to-image, image-to-image and inpainting.
 pub mod adapt;
+pub mod controlnet;
 pub mod embedding;
 pub mod loader;
 pub mod lora;
@@ -17,7 +19,8 @@ pub mod single_file;
 pub mod unet;
 
 pub use adapt::LoadOptions;
+pub use controlnet::{ControlNet, ControlNetConfig, ControlScale};
 pub use embedding::{EmbeddingFile, EmbeddingReport, EmbeddingSpec};
 pub use loader::{SdConfig, StableDiffusion};
 pub use lora::{LoraFile, LoraReport, LoraSpec};
-pub use pipeline::{GenerateOptions, Generated};
+pub use pipeline::{Control, GenerateOptions, Generated};

@@ -16,7 +16,9 @@ use genlab_core::seed::with_seed;
 use crate::denoise::{denoise, keep, Denoiser, Move};
 use crate::error::{DiffusionError, Result};
 use crate::scheduler::{self, strength_timesteps, Scheduler, SchedulerKind};
+use crate::sd::controlnet::{ControlNet, ControlScale};
 use crate::sd::loader::StableDiffusion;
+use crate::sd::unet::ControlResiduals;
 
 /// The options shared by every generation mode.
 #[derive(Debug, Clone)]
@@ -58,6 +60,33 @@ impl Default for GenerateOptions {
     }
 }
 
+/// A ControlNet and its control image for one text-to-image generation (diffusers'
+/// `StableDiffusionControlNetPipeline` arguments; several at once add up, as its `MultiControlNetModel`).
+#[derive(Debug, Clone, Copy)]
+pub struct Control<'a> {
+    pub net: &'a ControlNet,
+    /// The control image in [0, 1] (not normalised to [-1, 1], as diffusers' control image processor),
+    /// [1 or batch, channels, height, width] at the output size; it sets the output size when the options
+    /// leave it open.
+    pub image: &'a Tensor,
+    /// diffusers' `controlnet_conditioning_scale`.
+    pub scale: f64,
+    /// diffusers' `guess_mode`: the ControlNet sees only the prompt's half of a guided batch, its residuals
+    /// weighted from 0.1 to 1 from the first skip to the mid block.
+    pub guess_mode: bool,
+    /// The fraction of the steps it acts on, from `start` to `end` (diffusers' `control_guidance_start`,
+    /// `control_guidance_end`).
+    pub start: f64,
+    pub end: f64,
+}
+
+impl<'a> Control<'a> {
+    /// `net` with `image` at scale 1 over every step, without guess mode.
+    pub fn new(net: &'a ControlNet, image: &'a Tensor) -> Self {
+        Control { net, image, scale: 1.0, guess_mode: false, start: 0.0, end: 1.0 }
+    }
+}
+
 /// What a generation call returns.
 #[derive(Debug)]
 pub struct Generated {
@@ -88,9 +117,13 @@ impl StableDiffusion {
         self.config.vae.downsampling_factor()
     }
 
-    fn size(&self, opts: &GenerateOptions) -> Result<(i64, i64)> {
+    /// The output size: the options', else `image`'s (a control image), else the model's.
+    fn size(&self, opts: &GenerateOptions, image: Option<&Tensor>) -> Result<(i64, i64)> {
         let f = self.vae_factor();
-        let (sh, sw) = self.config.unet.sample_hw();
+        let (sh, sw) = match image.map(|i| i.size()) {
+            Some(s) if s.len() == 4 => (s[2] / f, s[3] / f),
+            _ => self.config.unet.sample_hw(),
+        };
         let (h, w) = (opts.height.unwrap_or(sh * f), opts.width.unwrap_or(sw * f));
         if h <= 0 || w <= 0 || h % f != 0 || w % f != 0 {
             return Err(DiffusionError::Shape(format!(
@@ -206,6 +239,16 @@ impl StableDiffusion {
     /// # Shapes
     /// - returns latents [batch, latent_channels, h / f, w / f] and images [batch, 3, h, w]
     pub fn txt2img(&self, opts: &GenerateOptions) -> Result<Generated> {
+        self.txt2img_controlled(opts, &[])
+    }
+
+    /// Text-to-image steered by ControlNets (diffusers' `StableDiffusionControlNetPipeline` and its SDXL
+    /// counterpart): each control image must have the output size and the batch (or 1), and the ControlNets
+    /// the UNet's structure.
+    ///
+    /// # Shapes
+    /// - `controls[i].image`: [batch or 1, channels, h, w] -> latents and images as [`Self::txt2img`]
+    pub fn txt2img_controlled(&self, opts: &GenerateOptions, controls: &[Control<'_>]) -> Result<Generated> {
         self.check_options(opts)?;
         if self.config.unet.in_channels != self.config.vae.latent_channels {
             return Err(DiffusionError::Config(format!(
@@ -213,14 +256,31 @@ impl StableDiffusion {
                 self.config.unet.in_channels
             )));
         }
-        let (h, w) = self.size(opts)?;
+        let (h, w) = self.size(opts, controls.first().map(|c| c.image))?;
+        for (i, c) in controls.iter().enumerate() {
+            c.net.check_fits(&self.config.unet)?;
+            let s = c.image.size();
+            let ok = s.len() == 4 && (s[0] == 1 || s[0] == opts.batch) && s[1] == c.net.cfg.conditioning_channels;
+            if !ok || s[2] != h || s[3] != w {
+                return Err(DiffusionError::Shape(format!(
+                    "control image {i}: expected [1 or {}, {}, {h}, {w}] (the output size), got {s:?}",
+                    opts.batch, c.net.cfg.conditioning_channels
+                )));
+            }
+            if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start >= c.end {
+                return Err(DiffusionError::Config(format!(
+                    "control {i}: guidance start {} and end {} must satisfy 0 <= start < end <= 1",
+                    c.start, c.end
+                )));
+            }
+        }
         let f = self.vae_factor();
         let (_, mut sched) = self.scheduler(opts)?;
         with_seed(opts.seed as i64, || {
             let shape = [opts.batch, self.config.vae.latent_channels, h / f, w / f];
             let latents = randn(&shape, self.device(), Kind::Float) * sched.init_noise_sigma();
             let timesteps = sched.timesteps().to_vec();
-            self.denoise(opts, sched.as_mut(), latents, &timesteps, None)
+            self.denoise_controlled(opts, sched.as_mut(), latents, &timesteps, None, controls)
         })
     }
 
@@ -232,11 +292,31 @@ impl StableDiffusion {
         timesteps: &[f64],
         inpaint: Option<&Inpaint>,
     ) -> Result<Generated> {
+        self.denoise_controlled(opts, sched, latents, timesteps, inpaint, &[])
+    }
+
+    fn denoise_controlled(
+        &self,
+        opts: &GenerateOptions,
+        sched: &mut dyn Scheduler,
+        latents: Tensor,
+        timesteps: &[f64],
+        inpaint: Option<&Inpaint>,
+        controls: &[Control<'_>],
+    ) -> Result<Generated> {
         let f = self.vae_factor();
         let (_, _, lh, lw) = latents.size4()?;
         let cond = self.conditioning(opts, lh * f, lw * f)?;
         let extra = inpaint.and_then(|p| p.extra.as_ref());
-        let denoiser = TextGuided { sd: self, cond: &cond, guidance_scale: opts.guidance_scale, extra };
+        let denoiser = TextGuided {
+            sd: self,
+            cond: &cond,
+            guidance_scale: opts.guidance_scale,
+            extra,
+            controls,
+            steps: timesteps.len(),
+            step: std::cell::Cell::new(0),
+        };
         let moves = Move::steps(timesteps);
         let latents = match inpaint.filter(|p| p.extra.is_none()) {
             // A plain model repaints the masked region only: after every step the known region is the image's
@@ -342,6 +422,53 @@ struct TextGuided<'a> {
     cond: &'a Conditioning,
     guidance_scale: f64,
     extra: Option<&'a Tensor>,
+    controls: &'a [Control<'a>],
+    /// The loop's length and the step being taken (for the controls' start and end).
+    steps: usize,
+    step: std::cell::Cell<usize>,
+}
+
+impl TextGuided<'_> {
+    /// The summed residuals of the controls acting at this step, for the scaled sample `x` (one per
+    /// generated image; doubled here for guidance), or `None`.
+    fn control_residuals(&self, x: &Tensor, timestep: &Tensor) -> Result<Option<ControlResiduals>> {
+        let i = self.step.get();
+        self.step.set(i + 1);
+        let (n, guided, kind) = (self.steps as f64, self.cond.guided, self.sd.kind());
+        let b = x.size()[0];
+        let mut sum: Option<ControlResiduals> = None;
+        for c in self.controls {
+            // diffusers' controlnet_keep: off before `start` and after `end` (zero residuals change nothing).
+            let keep = !((i as f64) / n < c.start || ((i + 1) as f64) / n > c.end);
+            if !keep || c.scale == 0.0 {
+                continue;
+            }
+            let image = c.image.expand([b, -1, -1, -1], false);
+            let weigh = ControlScale { scale: c.scale, guess_mode: c.guess_mode };
+            let x = x.to_kind(kind);
+            let r = if c.guess_mode && guided {
+                // The prompt's half only; the unconditional half gets no residuals.
+                let half = |t: &Tensor| t.narrow(0, b, b);
+                let added = self.cond.added.as_ref().map(|(p, ids)| (half(p), half(ids)));
+                let added = added.as_ref().map(|(p, ids)| (p, ids));
+                let r = c.net.forward(&x, timestep, &half(&self.cond.text), added, &image, weigh)?;
+                let pad = |t: &Tensor| Tensor::cat(&[t.zeros_like(), t.shallow_clone()], 0);
+                ControlResiduals { down: r.down.iter().map(pad).collect(), mid: pad(&r.mid) }
+            } else {
+                let two = |t: &Tensor| if guided { Tensor::cat(&[t, t], 0) } else { t.shallow_clone() };
+                let added = self.cond.added.as_ref().map(|(p, ids)| (p, ids));
+                c.net.forward(&two(&x), timestep, &self.cond.text, added, &two(&image), weigh)?
+            };
+            sum = Some(match sum {
+                None => r,
+                Some(s) => ControlResiduals {
+                    down: s.down.iter().zip(&r.down).map(|(a, b)| a + b).collect(),
+                    mid: s.mid + r.mid,
+                },
+            });
+        }
+        Ok(sum)
+    }
 }
 
 impl Denoiser for TextGuided<'_> {
@@ -354,7 +481,9 @@ impl Denoiser for TextGuided<'_> {
         }
         let timestep = Tensor::from(t).to_device(self.sd.device());
         let added = self.cond.added.as_ref().map(|(p, i)| (p, i));
-        let out = self.sd.unet.forward_added(&input.to_kind(self.sd.kind()), &timestep, &self.cond.text, added)?;
+        let residuals = self.control_residuals(x, &timestep)?;
+        let input = input.to_kind(self.sd.kind());
+        let out = self.sd.unet.forward_controlled(&input, &timestep, &self.cond.text, added, residuals.as_ref())?;
         Ok(if guided {
             let parts = out.chunk(2, 0);
             &parts[0] + (&parts[1] - &parts[0]) * self.guidance_scale

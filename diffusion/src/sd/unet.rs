@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::attention::{dims4, Transformer2D};
 use crate::error::{DiffusionError, Result};
-use crate::unet_2d_blocks::{unet_blocks, BlockContext};
+use crate::unet_2d_blocks::{down_pass, up_pass, BlockContext};
 use genlab_core::checkpoint::load_named_into;
 use genlab_core::layers::{
     timestep_embedding, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, TimestepEmbedding, Upsample2D,
@@ -202,11 +202,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// The values of a configuration resolved per block (down-block order), after validation.
 #[derive(Debug, Clone)]
-struct PerLevel {
-    layers: Vec<i64>,
+pub(crate) struct PerLevel {
+    pub(crate) layers: Vec<i64>,
     heads: Vec<i64>,
     transformer_layers: Vec<i64>,
-    cross_attention_dim: i64,
+    pub(crate) cross_attention_dim: i64,
     groups: i64,
 }
 
@@ -317,7 +317,7 @@ impl UNet2DConditionConfig {
         self.per_level().map(|_| ())
     }
 
-    fn per_level(&self) -> Result<PerLevel> {
+    pub(crate) fn per_level(&self) -> Result<PerLevel> {
         let unsupported = |key: &str, v: &dyn std::fmt::Debug, ok: &str| {
             Err(DiffusionError::Unsupported(format!("UNet2DConditionModel {key} = {v:?} (genlab supports {ok})")))
         };
@@ -448,17 +448,150 @@ type Layers = crate::unet_2d_blocks::Layers<Transformer2D>;
 type DownBlock = crate::unet_2d_blocks::DownBlock<Transformer2D>;
 type UpBlock = crate::unet_2d_blocks::UpBlock<Transformer2D>;
 
+/// What a ControlNet adds to a UNet's skip connections and mid block (summed over several ControlNets).
+#[derive(Debug)]
+pub struct ControlResiduals {
+    /// One per skip connection, in the order the down blocks produce them.
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+/// The half of a `UNet2DConditionModel` up to its mid block: `conv_in`, `time_embedding`, `add_embedding`,
+/// `down_blocks`, `mid_block`. A ControlNet is this half again (diffusers' `ControlNetModel.from_unet` copies
+/// exactly these), so both build and embed through it.
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    pub conv_in: lora::Conv2D,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<AddEmbedding>,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: Option<Layers>,
+}
+
+impl Encoder {
+    pub(crate) fn new(vs: &nn::Path<'_>, cfg: &UNet2DConditionConfig, lv: &PerLevel) -> Result<Self> {
+        let ch = &cfg.block_out_channels;
+        let n = ch.len();
+        let groups = lv.groups;
+        let conv = |k: i64| nn::ConvConfig { padding: (k - 1) / 2, ..Default::default() };
+        let conv_in =
+            lora::conv2d(vs / "conv_in", cfg.in_channels, ch[0], cfg.conv_in_kernel, conv(cfg.conv_in_kernel));
+        let time_embedding = TimestepEmbedding::new(vs / "time_embedding", ch[0], cfg.time_embed_dim());
+        let add_embedding =
+            match (&cfg.addition_embed_type, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+                (None, _, _) => None,
+                (Some(_), Some(time_dim), Some(input_dim)) if time_dim > 0 && input_dim > 6 * time_dim => {
+                    Some(AddEmbedding {
+                        time_dim,
+                        text_dim: input_dim - 6 * time_dim,
+                        flip_sin_to_cos: cfg.flip_sin_to_cos,
+                        freq_shift: cfg.freq_shift,
+                        embedding: TimestepEmbedding::new(vs / "add_embedding", input_dim, cfg.time_embed_dim()),
+                    })
+                }
+                (Some(t), time_dim, input_dim) => {
+                    return Err(DiffusionError::Unsupported(format!(
+                        "UNet2DConditionModel addition_embed_type = {t:?} needs addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim > 6 x it, got {time_dim:?} and {input_dim:?}"
+                    )))
+                }
+            };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut output_channel = ch[0];
+        for (i, &out) in ch.iter().enumerate() {
+            let input_channel = output_channel;
+            output_channel = out;
+            let p = vs / "down_blocks" / i;
+            let layers = lv.layers[i];
+            let resnets = (0..layers)
+                .map(|j| {
+                    let c_in = if j == 0 { input_channel } else { out };
+                    ResnetBlock2D::new(&p / "resnets" / j, c_in, cfg.resnet(out, groups, 1.0))
+                })
+                .collect();
+            let attentions = if cfg.down_block_types[i] == "CrossAttnDownBlock2D" {
+                (0..layers)
+                    .map(|j| transformer(&p / "attentions" / j, cfg, lv, out, lv.heads[i], lv.transformer_layers[i]))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let downsampler = (i + 1 < n)
+                .then(|| Downsample2D::with_padding(&p / "downsamplers" / 0, out, out, cfg.downsample_padding));
+            down_blocks.push(DownBlock { layers: Layers { resnets, attentions }, downsampler });
+        }
+
+        let last = ch[n - 1];
+        let mid_block = cfg.mid_block_type.as_ref().map(|_| {
+            let p = vs / "mid_block";
+            let scale = cfg.mid_block_scale_factor;
+            Layers {
+                resnets: (0..2)
+                    .map(|j| ResnetBlock2D::new(&p / "resnets" / j, last, cfg.resnet(last, groups, scale)))
+                    .collect(),
+                attentions: vec![transformer(
+                    &p / "attentions" / 0,
+                    cfg,
+                    lv,
+                    last,
+                    lv.heads[n - 1],
+                    lv.transformer_layers[n - 1],
+                )],
+            }
+        });
+        Ok(Encoder { conv_in, time_embedding, add_embedding, down_blocks, mid_block })
+    }
+
+    /// The timestep embedding, plus SDXL's added conditioning where the model takes it.
+    ///
+    /// # Shapes
+    /// - `timestep`: one element, or [batch]; `added`: ([batch, text_dim], [batch, 6]) -> [batch, time_embed_dim]
+    pub(crate) fn embed(
+        &self,
+        cfg: &UNet2DConditionConfig,
+        sample: &Tensor,
+        timestep: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let batch = sample.size()[0];
+        let t = match timestep.numel() as i64 {
+            1 => timestep.reshape([1]).expand([batch], false),
+            n if n == batch => timestep.reshape([batch]),
+            n => {
+                return Err(DiffusionError::Shape(format!(
+                    "{n} timesteps (shape {:?}) for a batch of {batch}: expected one for all or one per sample",
+                    timestep.size()
+                )))
+            }
+        };
+        let ch0 = cfg.block_out_channels[0];
+        let t_emb = timestep_embedding(&t.to_device(sample.device()), ch0, cfg.flip_sin_to_cos, cfg.freq_shift);
+        let mut emb = self.time_embedding.forward(&t_emb.to_kind(sample.kind()));
+        match (&self.add_embedding, added) {
+            (Some(a), Some((text, ids))) => emb += a.forward(text, ids, batch, sample)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(DiffusionError::Shape(
+                    "this UNet (addition_embed_type text_time, SDXL) needs the pooled text embedding and the size ids"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(DiffusionError::Shape("this UNet takes no added conditioning (not an SDXL UNet)".into()))
+            }
+        }
+        Ok(emb)
+    }
+}
+
 /// diffusers' `UNet2DConditionModel`: `conv_in`, `time_embedding`, `down_blocks`, `mid_block`, `up_blocks`
 /// with skip concatenation, `conv_norm_out`, `conv_out`; cross-attention to `encoder_hidden_states` in every
 /// transformer.
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
     pub cfg: UNet2DConditionConfig,
-    conv_in: lora::Conv2D,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<AddEmbedding>,
-    down_blocks: Vec<DownBlock>,
-    mid_block: Option<Layers>,
+    enc: Encoder,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: nn::GroupNorm,
     conv_out: lora::Conv2D,
@@ -523,72 +656,7 @@ impl UNet2DConditionModel {
         let n = ch.len();
         let groups = lv.groups;
         let conv = |k: i64| nn::ConvConfig { padding: (k - 1) / 2, ..Default::default() };
-        let conv_in =
-            lora::conv2d(&vs / "conv_in", cfg.in_channels, ch[0], cfg.conv_in_kernel, conv(cfg.conv_in_kernel));
-        let time_embedding = TimestepEmbedding::new(&vs / "time_embedding", ch[0], cfg.time_embed_dim());
-        let add_embedding =
-            match (&cfg.addition_embed_type, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
-                (None, _, _) => None,
-                (Some(_), Some(time_dim), Some(input_dim)) if time_dim > 0 && input_dim > 6 * time_dim => {
-                    Some(AddEmbedding {
-                        time_dim,
-                        text_dim: input_dim - 6 * time_dim,
-                        flip_sin_to_cos: cfg.flip_sin_to_cos,
-                        freq_shift: cfg.freq_shift,
-                        embedding: TimestepEmbedding::new(&vs / "add_embedding", input_dim, cfg.time_embed_dim()),
-                    })
-                }
-                (Some(t), time_dim, input_dim) => {
-                    return Err(DiffusionError::Unsupported(format!(
-                        "UNet2DConditionModel addition_embed_type = {t:?} needs addition_time_embed_dim and \
-                     projection_class_embeddings_input_dim > 6 x it, got {time_dim:?} and {input_dim:?}"
-                    )))
-                }
-            };
-
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut output_channel = ch[0];
-        for (i, &out) in ch.iter().enumerate() {
-            let input_channel = output_channel;
-            output_channel = out;
-            let p = &vs / "down_blocks" / i;
-            let layers = lv.layers[i];
-            let resnets = (0..layers)
-                .map(|j| {
-                    let c_in = if j == 0 { input_channel } else { out };
-                    ResnetBlock2D::new(&p / "resnets" / j, c_in, cfg.resnet(out, groups, 1.0))
-                })
-                .collect();
-            let attentions = if cfg.down_block_types[i] == "CrossAttnDownBlock2D" {
-                (0..layers)
-                    .map(|j| transformer(&p / "attentions" / j, cfg, &lv, out, lv.heads[i], lv.transformer_layers[i]))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let downsampler = (i + 1 < n)
-                .then(|| Downsample2D::with_padding(&p / "downsamplers" / 0, out, out, cfg.downsample_padding));
-            down_blocks.push(DownBlock { layers: Layers { resnets, attentions }, downsampler });
-        }
-
-        let last = ch[n - 1];
-        let mid_block = cfg.mid_block_type.as_ref().map(|_| {
-            let p = &vs / "mid_block";
-            let scale = cfg.mid_block_scale_factor;
-            Layers {
-                resnets: (0..2)
-                    .map(|j| ResnetBlock2D::new(&p / "resnets" / j, last, cfg.resnet(last, groups, scale)))
-                    .collect(),
-                attentions: vec![transformer(
-                    &p / "attentions" / 0,
-                    cfg,
-                    &lv,
-                    last,
-                    lv.heads[n - 1],
-                    lv.transformer_layers[n - 1],
-                )],
-            }
-        });
+        let enc = Encoder::new(&vs, cfg, &lv)?;
 
         let rev: Vec<i64> = ch.iter().rev().copied().collect();
         let mut up_blocks = Vec::with_capacity(n);
@@ -627,11 +695,7 @@ impl UNet2DConditionModel {
             lora::conv2d(&vs / "conv_out", ch[0], cfg.out_channels, cfg.conv_out_kernel, conv(cfg.conv_out_kernel));
         Ok(UNet2DConditionModel {
             cfg: cfg.clone(),
-            conv_in,
-            time_embedding,
-            add_embedding,
-            down_blocks,
-            mid_block,
+            enc,
             up_blocks,
             conv_norm_out,
             conv_out,
@@ -708,12 +772,12 @@ impl UNet2DConditionModel {
 
     /// Whether the model takes SDXL's added conditioning ([`forward_added`](Self::forward_added)).
     pub fn takes_added_conditioning(&self) -> bool {
-        self.add_embedding.is_some()
+        self.enc.add_embedding.is_some()
     }
 
     /// The pooled text width SDXL's added conditioning expects, if the model takes it.
     pub fn added_text_dim(&self) -> Option<i64> {
-        self.add_embedding.as_ref().map(|a| a.text_dim)
+        self.enc.add_embedding.as_ref().map(|a| a.text_dim)
     }
 
     /// [`forward`](Self::forward) with SDXL's added conditioning (`addition_embed_type = "text_time"`):
@@ -730,34 +794,25 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         added: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
-        let batch = self.check_inputs(sample, encoder_hidden_states)?;
-        let t = match timestep.numel() as i64 {
-            1 => timestep.reshape([1]).expand([batch], false),
-            n if n == batch => timestep.reshape([batch]),
-            n => {
-                return Err(DiffusionError::Shape(format!(
-                    "{n} timesteps (shape {:?}) for a batch of {batch}: expected one for all or one per sample",
-                    timestep.size()
-                )))
-            }
-        };
-        let ch0 = self.cfg.block_out_channels[0];
-        let t_emb =
-            timestep_embedding(&t.to_device(sample.device()), ch0, self.cfg.flip_sin_to_cos, self.cfg.freq_shift);
-        let mut emb = self.time_embedding.forward(&t_emb.to_kind(sample.kind()));
-        match (&self.add_embedding, added) {
-            (Some(a), Some((text, ids))) => emb += a.forward(text, ids, batch, sample)?,
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(DiffusionError::Shape(
-                    "this UNet (addition_embed_type text_time, SDXL) needs the pooled text embedding and the size ids"
-                        .into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(DiffusionError::Shape("this UNet takes no added conditioning (not an SDXL UNet)".into()))
-            }
-        }
+        self.forward_controlled(sample, timestep, encoder_hidden_states, added, None)
+    }
+
+    /// [`forward_added`](Self::forward_added) with a ControlNet's residuals added to the skip connections and
+    /// to the mid block's output (diffusers' `down_block_additional_residuals`, `mid_block_additional_residual`).
+    ///
+    /// # Shapes
+    /// - `residuals.down[i]`: the shape of skip `i` (`conv_in`'s output first, then every ResNet layer and
+    ///   downsampler of the down blocks); `residuals.mid`: the mid block's output
+    pub fn forward_controlled(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+        residuals: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        self.check_inputs(sample, encoder_hidden_states)?;
+        let emb = self.enc.embed(&self.cfg, sample, timestep, added)?;
         let context = encoder_hidden_states;
         let slice = self.attention_slice;
 
@@ -766,10 +821,37 @@ impl UNet2DConditionModel {
         let forward_upsample_size = height % factor != 0 || width % factor != 0;
 
         let sample = if self.cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
-        let h = self.conv_in.forward(&sample);
+        let h = self.enc.conv_in.forward(&sample);
         let ctx = BlockContext { temb: &emb, train: false, encoder_hidden_states: Some(context), slice };
-        let h =
-            unet_blocks(h, &self.down_blocks, self.mid_block.as_ref(), &self.up_blocks, &ctx, forward_upsample_size)?;
+        let (h, mut skips) = down_pass(h, &self.enc.down_blocks, &ctx);
+        if let Some(r) = residuals {
+            let shapes = |v: &[Tensor]| v.iter().map(Tensor::size).collect::<Vec<_>>();
+            if shapes(&r.down) != shapes(&skips) {
+                return Err(DiffusionError::Shape(format!(
+                    "ControlNet residuals of shapes {:?} for skip connections of shapes {:?}",
+                    shapes(&r.down),
+                    shapes(&skips)
+                )));
+            }
+            skips = skips.iter().zip(&r.down).map(|(s, d)| s + d).collect();
+        }
+        let h = match &self.enc.mid_block {
+            Some(mid) => mid.forward(&h, &ctx),
+            None => h,
+        };
+        // Out of place: without a mid block `h` shares its storage with the last skip.
+        let h = match residuals {
+            Some(r) if r.mid.size() != h.size() => {
+                return Err(DiffusionError::Shape(format!(
+                    "ControlNet mid residual of shape {:?} for a mid block output of shape {:?}",
+                    r.mid.size(),
+                    h.size()
+                )))
+            }
+            Some(r) => h + &r.mid,
+            None => h,
+        };
+        let h = up_pass(h, skips, &self.up_blocks, &ctx, forward_upsample_size)?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).silu()))
     }
 
@@ -794,7 +876,7 @@ impl UNet2DConditionModel {
                 )))
             }
         }
-        let (kind, device) = (self.conv_in.ws.kind(), self.conv_in.ws.device());
+        let (kind, device) = (self.enc.conv_in.ws.kind(), self.enc.conv_in.ws.device());
         for (what, t) in [("sample", sample), ("encoder_hidden_states", context)] {
             if t.kind() != kind || t.device() != device {
                 return Err(DiffusionError::Shape(format!(

@@ -39,6 +39,11 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   `ti_style.safetensors` (A1111's layout: three vectors as `emb_params`, used as `<style>`) and
   `ti_xl.safetensors` (SDXL's: `clip_l` and `clip_g`, two vectors each): textual-inversion embeddings, with the
   ids, text embeddings and images diffusers' `load_textual_inversion` gives for prompts that use them;
+- `controlnet/` and `controlnet_2/`: ControlNets made from `pipeline/`'s UNet by diffusers'
+  `ControlNetModel.from_unet` (conditioning embedding widths (8, 16): the autoencoder's factor 2), with random
+  zero convolutions so that their residuals are not zero; `controlnet_sd/` and `controlnet_sd.safetensors`: one
+  with SD's (16, 32, 96, 256) embedding in diffusers' layout and as an original single file (`control_model.`
+  keys), checked by loading it back with diffusers' `from_single_file`;
 - `io.safetensors`: fixed inputs and the reference outputs (names below).
 """
 import argparse
@@ -52,6 +57,8 @@ import torch
 import transformers
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionControlNetPipeline,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -410,6 +417,46 @@ def lora_xl_files(tmp):
     return os.path.join(folder, "pytorch_lora_weights.safetensors"), kohya_path
 
 
+def controlnet(unet, widths):
+    """diffusers' ControlNet of `unet`, zero convolutions randomised (a new one adds nothing)."""
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths)
+    with torch.no_grad():
+        zero = list(net.controlnet_down_blocks) + [net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for m in zero:
+            m.weight.normal_(0, 0.2)
+            m.bias.normal_(0, 0.05)
+    return perturb(net)
+
+
+def controlnet_to_original(net):
+    """diffusers ControlNetModel -> the original ControlNet checkpoint keys (`control_model.` prefix), the
+    inverse of diffusers' convert_controlnet_checkpoint."""
+    sd = net.state_dict()
+    blocks = len(net.controlnet_cond_embedding.blocks)
+    out = {}
+    rest = {}
+    for k, v in sd.items():
+        if k.startswith("controlnet_down_blocks."):
+            i, tail = k[len("controlnet_down_blocks."):].split(".", 1)
+            out[f"zero_convs.{i}.0.{tail}"] = v
+        elif k.startswith("controlnet_mid_block."):
+            out["middle_block_out.0." + k[len("controlnet_mid_block."):]] = v
+        elif k.startswith("controlnet_cond_embedding.conv_in."):
+            out["input_hint_block.0." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("controlnet_cond_embedding.conv_out."):
+            out[f"input_hint_block.{2 * (blocks + 1)}." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("controlnet_cond_embedding.blocks."):
+            i, tail = k[len("controlnet_cond_embedding.blocks."):].split(".", 1)
+            out[f"input_hint_block.{2 * (int(i) + 1)}.{tail}"] = v
+        else:
+            rest[k] = v
+    cfg = dict(net.config)
+    cfg["up_block_types"] = [t.replace("Down", "Up") for t in reversed(cfg["down_block_types"])]
+    for k, v in unet_to_original(rest, cfg).items():
+        out[k.replace("model.diffusion_model.", "")] = v
+    return {"control_model." + k: v.contiguous() for k, v in out.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", required=True, help="OpenAI's bpe_simple_vocab_16e6.txt.gz")
@@ -646,6 +693,46 @@ def main():
         io["ti.xl.image"] = pipe(prompt="a photo of a cat, <xl-style>", negative_prompt=NEGATIVE, height=HEIGHT,
                                  width=WIDTH, num_inference_steps=STEPS, guidance_scale=5.0,
                                  latents=latents.clone(), output_type="pt").images
+
+        # ControlNet: one at scale 0.8; two at once (scales 0.6 and 1.0, the first over the first 80% of the
+        # steps, the second from 20%); guess mode. The control images are random, in [0, 1].
+        torch.manual_seed(10)
+        base = load_pipeline(os.path.join(tmp, "pipeline"))
+        nets = [controlnet(base.unet, (8, 16)), controlnet(base.unet, (8, 16))]
+        nets[0].save_pretrained(os.path.join(tmp, "controlnet"))
+        nets[1].save_pretrained(os.path.join(tmp, "controlnet_2"))
+        hints = [torch.rand(1, 3, HEIGHT, WIDTH), torch.rand(1, 3, HEIGHT, WIDTH)]
+        io["cn.hint"], io["cn.hint_2"] = hints
+        kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                  output_type="pt")
+        for key, net, hint, extra in [
+            ("one", nets[0], hints[0], dict(controlnet_conditioning_scale=0.8)),
+            ("two", nets, hints, dict(controlnet_conditioning_scale=[0.6, 1.0], control_guidance_start=[0.0, 0.2],
+                                      control_guidance_end=[0.8, 1.0])),
+            ("guess", nets[0], hints[0], dict(guess_mode=True)),
+        ]:
+            cn_pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=net,
+                                                        requires_safety_checker=False)
+            cn_pipe.set_progress_bar_config(disable=True)
+            io[f"cn.{key}.image"] = cn_pipe(image=hint, latents=latents.clone(), **kw, **extra).images
+        # SD's conditioning embedding (factor 8) alone, in diffusers' layout and as a single file.
+        sd_net = controlnet(base.unet, (16, 32, 96, 256))
+        sd_net.save_pretrained(os.path.join(tmp, "controlnet_sd"))
+        single = os.path.join(tmp, "controlnet_sd.safetensors")
+        save_file(controlnet_to_original(sd_net), single)
+        back = ControlNetModel.from_single_file(single, config=os.path.join(tmp, "controlnet_sd"),
+                                                local_files_only=True)
+        for k, v in sd_net.state_dict().items():
+            assert torch.equal(v, back.state_dict()[k]), k
+        torch.manual_seed(11)
+        sample, hint = torch.randn(2, 4, 4, 4), torch.rand(2, 3, 32, 32)
+        t, text = torch.tensor([10, 731]), io["pipeline.text.last_hidden_state"]
+        down, mid = sd_net(sample, t, encoder_hidden_states=text, controlnet_cond=hint, conditioning_scale=0.7,
+                           return_dict=False)
+        io["cn.sd.sample"], io["cn.sd.hint"] = sample, hint
+        for i, d in enumerate(down):
+            io[f"cn.sd.down.{i}"] = d
+        io["cn.sd.mid"] = mid
 
     save_file({k: v.contiguous().clone() for k, v in io.items()}, os.path.join(tmp, "io.safetensors"))
     with open(os.path.join(tmp, "versions.json"), "w") as f:
