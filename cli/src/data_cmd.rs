@@ -45,6 +45,19 @@ pub enum DataCommand {
         #[command(flatten)]
         opts: DataOptions,
     },
+    /// Canny edges of an image as a white-on-black PNG: the control image of Canny ControlNets.
+    #[command(
+        after_help = "Examples:\n  genlab data canny photo.png edges.png\n  genlab data canny photo.png edges.png --low 50 --high 150"
+    )]
+    Canny {
+        input: PathBuf,
+        out: PathBuf,
+        /// Hysteresis thresholds on the Sobel gradient magnitude (OpenCV's usual 100 and 200).
+        #[arg(long, default_value_t = 100.0)]
+        low: f32,
+        #[arg(long, default_value_t = 200.0)]
+        high: f32,
+    },
 }
 
 pub fn run(cmd: DataCommand) -> Result<()> {
@@ -65,6 +78,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             let ds = opts.open(&dataset, 0)?;
             genlab_data::tools::preview_dataset(ds.as_ref(), &out, n)?;
             eprintln!("wrote {}", out.display());
+        }
+        DataCommand::Canny { input, out, low, high } => {
+            let (w, h) = genlab_data::tools::canny_file(&input, &out, low, high)?;
+            eprintln!("wrote {w}x{h} edges to {}", out.display());
         }
     }
     Ok(())

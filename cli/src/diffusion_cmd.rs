@@ -5,7 +5,8 @@ use clap::{Args, Subcommand};
 use genlab_core::DeviceSpec;
 use genlab_diffusion::load::{DiffusionRun, SampleOptions, SampleSettings};
 use genlab_diffusion::sample::{read_image, read_mask, RePaint};
-use genlab_diffusion::sd::{GenerateOptions, LoadOptions, StableDiffusion};
+use genlab_diffusion::sd::pipeline::read_rgb;
+use genlab_diffusion::sd::{ControlOptions, GenerateOptions, LoadOptions, StableDiffusion};
 use genlab_diffusion::train::{DiffusionTrainOptions, Weights};
 use genlab_diffusion::SchedulerKind;
 use std::path::PathBuf;
@@ -39,7 +40,7 @@ pub enum DiffusionCommand {
     /// Text-to-image with a Stable-Diffusion-compatible model: a diffusers folder (model_index.json, unet/,
     /// vae/, text_encoder/, tokenizer/, scheduler/) or an original single-file .safetensors checkpoint.
     #[command(
-        after_help = "Examples:\n  cargo xtask download sd15\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a photo of a cat\" --steps 25 --out cat.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a lighthouse at dusk, oil painting\" --negative-prompt blurry --guidance 7.5 --sampler dpmpp-2m --seed 7 --n 4 --out lighthouses.png --device cuda --dtype fp16\n  genlab diffusion txt2img --model v1-5-pruned-emaonly.safetensors --model-config sd15 --prompt \"a red bicycle\" --out bike.png"
+        after_help = "Examples:\n  cargo xtask download sd15\n  genlab data canny photo.png edges.png && genlab diffusion txt2img --model ~/.cache/genlab/sd15 --controlnet sd-controlnet-canny --control-image edges.png --prompt \"a house\" --out house.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a photo of a cat\" --steps 25 --out cat.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a lighthouse at dusk, oil painting\" --negative-prompt blurry --guidance 7.5 --sampler dpmpp-2m --seed 7 --n 4 --out lighthouses.png --device cuda --dtype fp16\n  genlab diffusion txt2img --model v1-5-pruned-emaonly.safetensors --model-config sd15 --prompt \"a red bicycle\" --out bike.png"
     )]
     Txt2img(Txt2imgFlags),
 }
@@ -191,6 +192,8 @@ pub struct Txt2imgFlags {
     width: Option<i64>,
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    #[command(flatten)]
+    control: ControlOptions,
 }
 
 impl SdArgs {
@@ -223,29 +226,17 @@ fn save(images: &Tensor, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// An RGB image in [0, 1], [1, 3, h, w].
-fn read_rgb01(path: &std::path::Path) -> Result<Tensor> {
-    Ok((read_image(path, 3)? + 1.0) / 2.0)
-}
-
 fn txt2img_cmd(f: Txt2imgFlags) -> Result<()> {
     let device = f.device.resolve()?;
     let sd = f.sd.load(device)?;
-    let opts = GenerateOptions {
-        batch: f.n,
-        height: f.height,
-        width: f.width,
-        ..f.sd.options(f.steps, f.guidance, f.sampler.as_deref(), f.seed)?
-    };
+    let nets = f.control.load(device, sd.kind())?;
+    let (batch, height, width) = (f.n, f.height, f.width);
+    let opts =
+        GenerateOptions { batch, height, width, ..f.sd.options(f.steps, f.guidance, f.sampler.as_deref(), f.seed)? };
     let t = std::time::Instant::now();
-    let out = sd.txt2img(&opts)?;
-    eprintln!(
-        "{} image(s), {} steps in {:.1} s ({:.2} s/step)",
-        f.n,
-        out.timesteps.len(),
-        t.elapsed().as_secs_f64(),
-        t.elapsed().as_secs_f64() / out.timesteps.len().max(1) as f64
-    );
+    let out = sd.txt2img_controlled(&opts, &f.control.controls(&nets))?;
+    let (secs, steps) = (t.elapsed().as_secs_f64(), out.timesteps.len());
+    eprintln!("{} image(s), {steps} steps in {secs:.1} s ({:.2} s/step)", f.n, secs / steps.max(1) as f64);
     save(&(out.images * 2.0 - 1.0), &f.out)
 }
 
@@ -277,11 +268,8 @@ fn sample_cmd(f: SampleFlags) -> Result<()> {
     let imgs = run.sample_with(a.n, &run.options)?;
     let secs = t0.elapsed().as_secs_f64();
     genlab_core::images::save_samples(&imgs, &a.out, None)?;
-    let (n, out, w) = (a.n, a.out.display(), f.settings.weights);
-    eprintln!(
-        "wrote {n} samples ({kind}, {steps} steps, {w} weights) to {out} in {secs:.1} s ({:.4} s/image)",
-        secs / n as f64
-    );
+    let (n, out, w, per) = (a.n, a.out.display(), f.settings.weights, secs / a.n as f64);
+    eprintln!("wrote {n} samples ({kind}, {steps} steps, {w} weights) to {out} in {secs:.1} s ({per:.4} s/image)");
     Ok(())
 }
 
@@ -290,7 +278,7 @@ fn inpaint_cmd(f: InpaintFlags) -> Result<()> {
     let device = e.device.resolve()?;
     let Some(run_dir) = &e.run else {
         let sd = e.sd.load(device)?;
-        let image = read_rgb01(&e.input)?;
+        let image = read_rgb(&e.input)?;
         // read_mask: 1 = keep; the pipeline takes 1 = generate.
         let keep = read_mask(&f.mask)?;
         let mask = if f.invert_mask { keep } else { 1.0 - keep };
@@ -316,7 +304,7 @@ fn img2img_cmd(f: Img2imgFlags) -> Result<()> {
     let device = e.device.resolve()?;
     let Some(run_dir) = &e.run else {
         let sd = e.sd.load(device)?;
-        let image = read_rgb01(&e.input)?;
+        let image = read_rgb(&e.input)?;
         let opts = e.sd.options(f.steps, e.guidance.guidance.unwrap_or(7.5), f.sampler.as_deref(), e.seed)?;
         let out = sd.img2img(&opts, &image, f.strength)?;
         return save(&(out.images * 2.0 - 1.0), &e.out);

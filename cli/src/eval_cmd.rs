@@ -167,13 +167,8 @@ fn evaluate(e: EvalArgs) -> Result<()> {
     if let Some(s) = &report.sampling {
         eprintln!("sampled {n} images in {:.1} s ({:.4} s per sample)", s.seconds, s.seconds_per_sample);
     }
-    eprintln!(
-        "features ({}, {}-d) of {} images in {:.1} s",
-        report.features,
-        report.feature_dim,
-        3 * n,
-        report.feature_seconds
-    );
+    let (features, dim, secs) = (&report.features, report.feature_dim, report.feature_seconds);
+    eprintln!("features ({features}, {dim}-d) of {} images in {secs:.1} s", 3 * n);
     print!("{report}");
     for note in report.generated_vs_reference.notes.iter().chain(&report.real_vs_reference.notes) {
         eprintln!("note: {note}");

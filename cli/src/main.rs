@@ -24,12 +24,7 @@ use std::sync::Arc;
     version,
     about = "Train, sample and evaluate generative models on libtorch",
     args_override_self = true,
-    after_help = "Examples:
-  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae
-  genlab vae sample --run runs/vae --n 64 --out samples.png
-  genlab info runs/vae
-  genlab data info fashion-mnist
-  genlab data convert photos/ photos.h5 --image-size 64x64"
+    after_help = "Examples:\n  genlab vae train --model conv --data mnist5k --steps 2000 --out runs/vae\n  genlab vae sample --run runs/vae --n 64 --out samples.png\n  genlab info runs/vae\n  genlab data info fashion-mnist\n  genlab data convert photos/ photos.h5 --image-size 64x64"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,7 +42,7 @@ enum Command {
     /// Denoising diffusion models: train, sample, inpaint, image-to-image.
     #[command(subcommand)]
     Diffusion(diffusion_cmd::DiffusionCommand),
-    /// Datasets: describe, convert to HDF5, preview.
+    /// Datasets: describe, convert to HDF5, preview, Canny edges.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// Sample quality of any family's run or of a samples file (FD, KID, precision/recall, IS, class

@@ -1,7 +1,8 @@
 //! `genlab diffusion txt2img`, and `img2img` / `inpaint` with `--model`, on the tiny diffusers models of
 //! `diffusion/tests/reference/sd_tiny.py`: the written image is diffusers' to within one grey level, a
 //! single-file checkpoint writes the same image as its diffusers folder, LoRA files (`--lora`) and
-//! textual-inversion embeddings (`--embedding`) give diffusers' images, and bad flags are clear errors.
+//! textual-inversion embeddings (`--embedding`) give diffusers' images, a ControlNet steers txt2img with a
+//! `genlab data canny` edge map as the library does, and bad flags are clear errors.
 #[path = "../../diffusion/tests/common/sd_reference.rs"]
 mod sd_reference;
 
@@ -148,6 +149,50 @@ fn embeddings_give_diffusers_image() {
     assert!(text.contains("embedding <cat-toy> (1 vector); embedding <style> (3 vectors)"), "{text}");
     let worst = levels_from(&png, "ti.image");
     assert!(worst <= 1, "pixels differ from diffusers' by up to {worst} levels");
+}
+
+#[test]
+fn controlnet_with_a_canny_edge_map_writes_the_librarys_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, edges, out) = (tmp.path().join("src.png"), tmp.path().join("edges.png"), tmp.path().join("cn.png"));
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        let inside = (8..24).contains(&x) && (8..24).contains(&y);
+        image::Rgb(if inside { [230, 200, 40] } else { [20, 30, 90] })
+    })
+    .save(&source)
+    .unwrap();
+    let text = ok(genlab().args(["data", "canny"]).arg(&source).arg(&edges).output().unwrap());
+    assert!(text.contains("wrote 32x32 edges"), "{text}");
+    let cn = r::dir().join("controlnet");
+    let run = |extra: &[&str], out: &Path| {
+        let mut c = genlab();
+        c.args(["diffusion", "txt2img", "--model"]).arg(r::dir().join("pipeline")).args(RUN).args(extra);
+        c.arg("--controlnet").arg(&cn).arg("--control-image").arg(&edges).arg("--out").arg(out).output().unwrap()
+    };
+    ok(run(&["--control-scale", "0.8"], &out));
+    // The library with the same edge map.
+    let sd = genlab_diffusion::sd::StableDiffusion::from_dir(&r::dir().join("pipeline"), tch::Device::Cpu).unwrap();
+    let net = genlab_diffusion::sd::ControlNet::open(&cn, None, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let hint = genlab_diffusion::sd::pipeline::read_rgb(&edges).unwrap();
+    let opts = genlab_diffusion::sd::GenerateOptions {
+        prompt: "a photo of a cat".into(),
+        negative_prompt: "blurry".into(),
+        steps: 5,
+        seed: 42,
+        ..Default::default()
+    };
+    let control = genlab_diffusion::sd::Control { scale: 0.8, ..genlab_diffusion::sd::Control::new(&net, &hint) };
+    let want = sd.txt2img_controlled(&opts, &[control]).unwrap().images;
+    let want =
+        Vec::<u8>::try_from((want.get(0).permute([1, 2, 0]) * 255.0).round().to_kind(tch::Kind::Uint8).flatten(0, -1))
+            .unwrap();
+    let worst = rgb(&out).as_raw().iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    assert!(worst <= 1, "the CLI's ControlNet image differs from the library's by up to {worst} levels");
+
+    let e = fail(run(&["--control-scale", "0.5", "--control-scale", "0.7"], &out));
+    assert!(e.contains("1 --controlnet, 1 --control-image and 2 --control-scale"), "{e}");
+    let e = fail(run(&["--height", "64", "--width", "64"], &out));
+    assert!(e.contains("control image 0") && e.contains("[1, 3, 32, 32]"), "{e}");
 }
 
 #[test]

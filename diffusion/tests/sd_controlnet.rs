@@ -1,6 +1,7 @@
 //! ControlNets against diffusers 0.42.1 on the tiny pipeline of `reference/sd_tiny.py`: ControlNets made by
 //! `ControlNetModel.from_unet` with random zero convolutions give `StableDiffusionControlNetPipeline`'s images
-//! within 1e-4 relative L2 (one ControlNet; two at once with their own scales and step ranges; guess mode); a
+//! within 1e-4 relative L2 (one ControlNet; two at once with their own scales and step ranges; guess mode; and
+//! SDXL's pipeline with and without guess mode); a
 //! ControlNet with SD's conditioning embedding gives diffusers' residuals from its folder and from an original
 //! single file; a new ControlNet changes nothing; images of the wrong size and ControlNets of another model
 //! are refused by name.
@@ -60,6 +61,16 @@ fn guess_mode_matches_diffusers() {
     let c = Control { guess_mode: true, ..Control::new(&cn, &hint) };
     let out = sd.txt2img_controlled(&options(), &[c]).unwrap();
     r::assert_close("guess mode", &out.images, &r::io("cn.guess.image"));
+}
+
+#[test]
+fn sdxl_controlnet_with_and_without_guess_mode_matches_diffusers() {
+    let (sd, cn, hint) = (pipeline("pipeline_xl"), net("controlnet_xl"), r::io("cn.hint"));
+    for (key, guess_mode) in [("xl", false), ("xl_guess", true)] {
+        let c = Control { scale: 0.7, guess_mode, ..Control::new(&cn, &hint) };
+        let out = sd.txt2img_controlled(&GenerateOptions { guidance_scale: 5.0, ..options() }, &[c]).unwrap();
+        r::assert_close(&format!("SDXL ControlNet ({key})"), &out.images, &r::io(&format!("cn.{key}.image")));
+    }
 }
 
 #[test]

@@ -23,4 +23,4 @@ pub use controlnet::{ControlNet, ControlNetConfig, ControlScale};
 pub use embedding::{EmbeddingFile, EmbeddingReport, EmbeddingSpec};
 pub use loader::{SdConfig, StableDiffusion};
 pub use lora::{LoraFile, LoraReport, LoraSpec};
-pub use pipeline::{Control, GenerateOptions, Generated};
+pub use pipeline::{Control, ControlOptions, GenerateOptions, Generated};

@@ -87,6 +87,82 @@ impl<'a> Control<'a> {
     }
 }
 
+/// The ControlNets of a text-to-image run and their images (with the `clap` feature, the flags for them).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct ControlOptions {
+    /// A ControlNet: a diffusers folder or an original single-file .safetensors; repeat for several, each
+    /// with its --control-image in the same order.
+    #[cfg_attr(feature = "clap", arg(long = "controlnet"))]
+    pub controlnet: Vec<std::path::PathBuf>,
+    /// The structure of single-file ControlNets: a diffusers ControlNet folder or its config.json.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub controlnet_config: Option<std::path::PathBuf>,
+    /// The control image of each --controlnet (an edge map from `genlab data canny`, a depth or pose map, ...);
+    /// it sets the output size unless --height and --width do.
+    #[cfg_attr(feature = "clap", arg(long = "control-image"))]
+    pub control_image: Vec<std::path::PathBuf>,
+    /// The conditioning scale: one for every ControlNet, or one each (default 1).
+    #[cfg_attr(feature = "clap", arg(long = "control-scale"))]
+    pub control_scale: Vec<f64>,
+    /// The fraction of the steps after which the ControlNets start acting.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.0))]
+    pub control_start: f64,
+    /// The fraction of the steps after which they stop.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
+    pub control_end: f64,
+    /// ControlNets see only the prompt's half of a guided batch, their residuals weighted 0.1 .. 1.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub guess_mode: bool,
+}
+
+/// An image as RGB in [0, 1] (greyscale converted, alpha dropped), as diffusers' image processors give input
+/// and control images to its pipelines.
+///
+/// # Shapes
+/// - returns [1, 3, h, w]
+pub fn read_rgb(path: &std::path::Path) -> Result<Tensor> {
+    let img =
+        image::open(path).map_err(|e| DiffusionError::Image { path: path.to_path_buf(), message: e.to_string() })?;
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let hwc = Tensor::from_slice(&img.into_rgb8().into_raw()).view([h, w, 3]);
+    Ok((hwc.permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 255.0).contiguous())
+}
+
+impl ControlOptions {
+    /// Load every ControlNet (in `kind`, on `device`) with its image.
+    pub fn load(&self, device: Device, kind: Kind) -> Result<Vec<(ControlNet, Tensor)>> {
+        let (n, images, scales) = (self.controlnet.len(), self.control_image.len(), self.control_scale.len());
+        if images != n || (scales > 1 && scales != n) {
+            return Err(DiffusionError::Config(format!(
+                "{n} --controlnet, {images} --control-image and {scales} --control-scale: give one image per                  ControlNet, and one scale for all or one each"
+            )));
+        }
+        let config = self.controlnet_config.as_deref();
+        self.controlnet
+            .iter()
+            .zip(&self.control_image)
+            .map(|(net, image)| Ok((ControlNet::open(net, config, device, kind)?, read_rgb(image)?)))
+            .collect()
+    }
+
+    /// The [`Control`]s of `loaded` (from [`ControlOptions::load`]) with these options' scales and step range.
+    pub fn controls<'a>(&self, loaded: &'a [(ControlNet, Tensor)]) -> Vec<Control<'a>> {
+        let scale = |i: usize| self.control_scale.get(i).or(self.control_scale.first()).copied().unwrap_or(1.0);
+        loaded
+            .iter()
+            .enumerate()
+            .map(|(i, (net, image))| Control {
+                scale: scale(i),
+                guess_mode: self.guess_mode,
+                start: self.control_start,
+                end: self.control_end,
+                ..Control::new(net, image)
+            })
+            .collect()
+    }
+}
+
 /// What a generation call returns.
 #[derive(Debug)]
 pub struct Generated {

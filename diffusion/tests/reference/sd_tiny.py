@@ -43,7 +43,8 @@ Builds, with random weights (every norm weight and bias perturbed so none is the
   `ControlNetModel.from_unet` (conditioning embedding widths (8, 16): the autoencoder's factor 2), with random
   zero convolutions so that their residuals are not zero; `controlnet_sd/` and `controlnet_sd.safetensors`: one
   with SD's (16, 32, 96, 256) embedding in diffusers' layout and as an original single file (`control_model.`
-  keys), checked by loading it back with diffusers' `from_single_file`;
+  keys), checked by loading it back with diffusers' `from_single_file`; `controlnet_xl/`: one made from
+  `pipeline_xl/`'s UNet (added size and pooled-text conditioning);
 - `io.safetensors`: fixed inputs and the reference outputs (names below).
 """
 import argparse
@@ -59,6 +60,7 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetPipeline,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -715,6 +717,16 @@ def main():
                                                         requires_safety_checker=False)
             cn_pipe.set_progress_bar_config(disable=True)
             io[f"cn.{key}.image"] = cn_pipe(image=hint, latents=latents.clone(), **kw, **extra).images
+        # SDXL, guess mode (the ControlNet sees the prompt's half of the added conditioning too).
+        xl_base = StableDiffusionXLPipeline.from_pretrained(os.path.join(tmp, "pipeline_xl"))
+        xl_net = controlnet(xl_base.unet, (8, 16))
+        xl_net.save_pretrained(os.path.join(tmp, "controlnet_xl"))
+        xl_pipe = StableDiffusionXLControlNetPipeline(**xl_base.components, controlnet=xl_net)
+        xl_pipe.set_progress_bar_config(disable=True)
+        for key, guess in [("xl", False), ("xl_guess", True)]:
+            io[f"cn.{key}.image"] = xl_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=hints[0], num_inference_steps=STEPS,
+                                           guidance_scale=5.0, latents=latents.clone(), controlnet_conditioning_scale=0.7,
+                                           guess_mode=guess, output_type="pt").images
         # SD's conditioning embedding (factor 8) alone, in diffusers' layout and as a single file.
         sd_net = controlnet(base.unet, (16, 32, 96, 256))
         sd_net.save_pretrained(os.path.join(tmp, "controlnet_sd"))
