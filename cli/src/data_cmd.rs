@@ -61,6 +61,7 @@ pub enum DataCommand {
 }
 
 pub fn run(cmd: DataCommand) -> Result<()> {
+    crate::exit_on_broken_pipe();
     match cmd {
         DataCommand::Info { dataset, opts } => {
             let ds = opts.open(&dataset, 0)?;

@@ -43,6 +43,19 @@ pub enum DiffusionCommand {
         after_help = "Examples:\n  cargo xtask download sd15\n  genlab data canny photo.png edges.png && genlab diffusion txt2img --model ~/.cache/genlab/sd15 --controlnet sd-controlnet-canny --control-image edges.png --prompt \"a house\" --out house.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a photo of a cat\" --steps 25 --out cat.png\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --prompt \"a lighthouse at dusk, oil painting\" --negative-prompt blurry --guidance 7.5 --sampler dpmpp-2m --seed 7 --n 4 --out lighthouses.png --device cuda --dtype fp16\n  genlab diffusion txt2img --model v1-5-pruned-emaonly.safetensors --model-config sd15 --prompt \"a red bicycle\" --out bike.png"
     )]
     Txt2img(Txt2imgFlags),
+    /// Train LoRA adapters of a Stable Diffusion model on captioned images (RUN/pytorch_lora_weights.safetensors).
+    #[command(
+        after_help = "Examples:\n  genlab diffusion finetune --model ~/.cache/genlab/sd15 --data photos/ --steps 2000 --lr 1e-4 --batch-size 4 --out runs/lora-photos\n  genlab diffusion finetune --model ~/.cache/genlab/sd15 --data dog/ --caption \"a photo of sks dog\" --lora-rank 8 --train-text-encoder --steps 800 --out runs/sks\n  genlab diffusion txt2img --model ~/.cache/genlab/sd15 --lora runs/sks/pytorch_lora_weights.safetensors --prompt \"a photo of sks dog on the moon\" --out moon.png"
+    )]
+    Finetune(Box<FinetuneFlags>),
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneFlags {
+    #[command(flatten)]
+    common: TrainArgs,
+    #[command(flatten)]
+    lora: genlab_diffusion::sd::finetune::FinetuneOptions,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +260,10 @@ pub fn run(cmd: DiffusionCommand) -> Result<()> {
         DiffusionCommand::Inpaint(a) => inpaint_cmd(a),
         DiffusionCommand::Img2img(a) => img2img_cmd(a),
         DiffusionCommand::Txt2img(a) => txt2img_cmd(a),
+        DiffusionCommand::Finetune(f) => {
+            let (a, fit) = (&f.common, genlab_diffusion::sd::finetune::fit);
+            crate::finished(fit(&a.model, &a.data_spec()?, &a.overrides, &f.lora, &a.fit_options()?)?)
+        }
     }
 }
 

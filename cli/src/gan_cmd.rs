@@ -231,7 +231,7 @@ fn style_mix(a: StyleMixArgs) -> Result<()> {
     let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.from.run, device)?;
     let range = style_tools::parse_style_range(&a.styles, g.num_ws())?;
     let grid = style_tools::style_mixing_grid(&g, &a.rows, &a.cols, range, a.truncation, NoiseMode::Const)?;
-    crate::save_grid(&grid.images, grid.ncol, 1, &a.out)?;
+    genlab_core::images::save_grid(&grid.images, grid.ncol, 1, &a.out)?;
     eprintln!("wrote a {}x{} style-mixing grid to {}", a.rows.len() + 1, a.cols.len() + 1, a.out.display());
     Ok(())
 }
@@ -244,7 +244,7 @@ fn interpolate(a: InterpolateArgs) -> Result<()> {
     let (_vs, g, _) = genlab_gan::stylegan2::train::load(&a.from.run, device)?;
     let imgs = style_tools::interpolate_w(&g, &a.seeds, a.steps, a.truncation, NoiseMode::Const)?;
     if a.out.extension().is_some_and(|e| e == "png") {
-        crate::save_grid(&imgs, a.steps, 1, &a.out)?;
+        genlab_core::images::save_grid(&imgs, a.steps, 1, &a.out)?;
     } else {
         genlab_core::images::save_samples(&imgs, &a.out, None)?;
     }
@@ -268,7 +268,7 @@ fn sr_eval(a: SrEvalArgs) -> Result<()> {
     if let Some(path) = &a.grid {
         let (_vs, model, _) = genlab_gan::sr::train::load(&a.from.run, device)?;
         let rows = genlab_gan::sr::upscale::comparison(&model, ds.as_ref(), 8)?;
-        crate::save_grid(&rows, 3, 2, path)?;
+        genlab_core::images::save_grid(&rows, 3, 2, path)?;
         eprintln!("wrote bicubic | model | original rows to {}", path.display());
     }
     Ok(())

@@ -153,12 +153,6 @@ pub struct RunArgs {
     pub device: DeviceSpec,
 }
 
-/// Images in [-1, 1] as a PNG grid of `ncol` columns with `pad` pixels between tiles.
-pub fn save_grid(images: &tch::Tensor, ncol: i64, pad: i64, out: &std::path::Path) -> Result<()> {
-    let tiles = genlab_core::images::to_u8(images);
-    Ok(genlab_core::images::save_png(&genlab_core::images::make_grid(&tiles, ncol, pad)?, out)?)
-}
-
 /// Flags shared by every family's `sample`.
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
@@ -177,18 +171,12 @@ pub struct SampleArgs {
 /// Printing commands end quietly when their reader goes away (`genlab info RUN | head`)
 /// instead of panicking on the broken pipe, as Unix tools do.
 #[allow(unsafe_code)]
-fn exit_on_broken_pipe() {
+pub(crate) fn exit_on_broken_pipe() {
     #[cfg(unix)]
     // SAFETY: restoring the default disposition of one signal before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-fn info(path: &std::path::Path) -> Result<()> {
-    exit_on_broken_pipe();
-    print!("{}", genlab_core::train::describe_checkpoint(path)?);
-    Ok(())
 }
 
 fn main() {
@@ -215,11 +203,11 @@ fn main() {
         Command::Gan(c) => gan_cmd::run(c),
         Command::Diffusion(c) => diffusion_cmd::run(c),
         Command::Eval(c) => eval_cmd::run(*c),
-        Command::Data(c) => {
+        Command::Data(c) => data_cmd::run(c),
+        Command::Info { path } => {
             exit_on_broken_pipe();
-            data_cmd::run(c)
+            genlab_core::train::describe_checkpoint(&path).map(|s| print!("{s}")).map_err(anyhow::Error::from)
         }
-        Command::Info { path } => info(&path),
         Command::Report { run, out } => report_cmd::report(&run, out),
         Command::Runs { dir } => report_cmd::runs(&dir),
         Command::Launch(a) => launch::run(a),
@@ -250,12 +238,11 @@ fn is_training(args: &[std::ffi::OsString]) -> bool {
 /// Join the distributed run torchrun's variables describe (`WORLD_SIZE` > 1), if any.
 fn join_group(training: bool) -> Result<Option<Arc<genlab_core::dist::ProcessGroup>>> {
     let Some(env) = genlab_core::dist::DistEnv::from_env()? else { return Ok(None) };
-    if !training {
-        anyhow::bail!(
-            "WORLD_SIZE is {}: only training commands (`<family> train`, `eval train-classifier`) run distributed",
-            env.world_size
-        );
-    }
+    let world = env.world_size;
+    anyhow::ensure!(
+        training,
+        "WORLD_SIZE is {world}: only `<family> train` and `eval train-classifier` run distributed"
+    );
     let opts = genlab_core::dist::DistOptions::from_env()?;
     Ok(Some(genlab_core::dist::init(&env, opts)?))
 }

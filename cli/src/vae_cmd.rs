@@ -171,14 +171,14 @@ fn reconstruct(e: EvalArgs, out: PathBuf) -> Result<()> {
     tch::manual_seed(e.seed as i64);
     let rows = genlab_vae::tools::reconstructions(&e.from.run, ds, &e.data, n, e.from.device.resolve()?)?;
     let n = rows.size()[0] / 2;
-    crate::save_grid(&rows, n, 2, &out)?;
+    genlab_core::images::save_grid(&rows, n, 2, &out)?;
     eprintln!("wrote {n} originals and reconstructions to {}", out.display());
     Ok(())
 }
 
 fn interpolate(e: EvalArgs, pairs: IndexPairs, steps: i64, linear: bool, out: PathBuf) -> Result<()> {
     let rows = genlab_vae::tools::interpolation_rows(&e.open(None, e.n)?, &pairs.0, steps, !linear)?;
-    crate::save_grid(&rows, steps, 2, &out)?;
+    genlab_core::images::save_grid(&rows, steps, 2, &out)?;
     eprintln!("wrote {} interpolation rows to {}", pairs.0.len(), out.display());
     Ok(())
 }
@@ -209,7 +209,7 @@ fn embed(e: EvalArgs, out: PathBuf, probe_test: Option<String>) -> Result<()> {
 fn impute(e: EvalArgs, mask: &str, iters: usize, out: PathBuf) -> Result<()> {
     let spec: genlab_vae::tools::MaskSpec = mask.parse()?;
     let report = genlab_vae::tools::impute_missing(&e.open(None, e.n)?, &spec, iters, e.chunk, e.seed)?;
-    crate::save_grid(&report.grid_rows, report.grid_rows.size()[0] / 3, 2, &out)?;
+    genlab_core::images::save_grid(&report.grid_rows, report.grid_rows.size()[0] / 3, 2, &out)?;
     println!("imputation MSE on the missing pixels ([-1, 1] scale), {} images, mask {mask}: {report}", report.images);
     eprintln!("wrote originals, masked inputs and imputations to {}", out.display());
     Ok(())

@@ -196,6 +196,41 @@ fn controlnet_with_a_canny_edge_map_writes_the_librarys_image() {
 }
 
 #[test]
+fn finetune_writes_a_lora_that_txt2img_loads_and_names_bad_captions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("lora");
+    let model = r::dir().join("pipeline");
+    let finetune = |extra: &[&str], out: &Path| {
+        let mut c = genlab();
+        c.args(["diffusion", "finetune", "--model"]).arg(&model).args(["--steps", "6", "--checkpoint-every", "3"]);
+        c.args(["--sample-every", "0", "--no-progress", "--batch-size", "4", "--device", "cpu"]).args(extra);
+        c.arg("--out").arg(out).output().unwrap()
+    };
+    let text =
+        ok(finetune(&["--data", "digits", "--limit", "32", "--caption", "a digit {class}", "--lora-rank", "2"], &run));
+    assert!(text.contains("Finished at step 6"), "{text}");
+    let lora = run.join("pytorch_lora_weights.safetensors");
+    let png = tmp.path().join("x.png");
+    let mut c = genlab();
+    c.args(["diffusion", "txt2img", "--model"]).arg(&model).args(RUN).arg("--lora").arg(&lora);
+    let text = ok(c.arg("--out").arg(&png).output().unwrap());
+    assert!(text.contains("(peft format) x1 on 88 layers"), "{text}");
+    // An image folder needs a caption for every image; built-in sets need --caption.
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for n in ["a.png", "b.png"] {
+        image::RgbImage::new(32, 32).save(photos.join(n)).unwrap();
+    }
+    std::fs::write(photos.join("a.txt"), "a black square").unwrap();
+    let e = fail(finetune(&["--data", photos.to_str().unwrap()], &tmp.path().join("r2")));
+    assert!(e.contains("b.png") && e.contains("no caption"), "{e}");
+    let e = fail(finetune(&["--data", "digits"], &tmp.path().join("r3")));
+    assert!(e.contains("give --caption"), "{e}");
+    let e = fail(finetune(&["--data", "digits", "--caption", "x", "--precision", "fp16"], &tmp.path().join("r4")));
+    assert!(e.contains("only fp32"), "{e}");
+}
+
+#[test]
 fn txt2img_runs_an_sdxl_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("xl.png");

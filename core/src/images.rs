@@ -62,6 +62,11 @@ pub fn save_png(image: &Tensor, path: &Path) -> Result<()> {
     image::save_buffer(path, &buf, w as u32, h as u32, color).map_err(|e| CoreError::file(path, e.to_string()))
 }
 
+/// Images in [-1, 1] as a PNG grid of `ncol` columns with `pad` pixels between tiles.
+pub fn save_grid(images: &Tensor, ncol: i64, pad: i64, path: &Path) -> Result<()> {
+    save_png(&make_grid(&to_u8(images), ncol, pad)?, path)
+}
+
 /// Write a uint8 batch [n, c, h, w] as HDF5 dataset `images`, with layout attributes.
 pub fn save_h5(images_u8: &Tensor, path: &Path, labels: Option<&[i64]>) -> Result<()> {
     let (n, c, h, w) = check_images(images_u8)?;

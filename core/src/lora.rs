@@ -167,6 +167,37 @@ impl Target {
         Ok(())
     }
 
+    /// Attach a trainable adapter: `down` and `up` (of exactly [`Target::expected_shapes`], on the layer's device
+    /// and kind) are used as they are, not copied, so gradients reach them (variables of the optimizer's store).
+    pub fn attach_trainable(&self, adapter: &str, down: &Tensor, up: &Tensor, scale: f64) -> Result<(), LoraError> {
+        let r = self.check(adapter, down, up)?;
+        let (want_down, want_up) = self.expected_shapes(r);
+        for (which, t, want) in [("down (A)", down, &want_down), ("up (B)", up, &want_up)] {
+            if &t.size() != want {
+                return Err(LoraError::Shape {
+                    layer: self.name.clone(),
+                    adapter: adapter.to_string(),
+                    which,
+                    found: t.size(),
+                    expected: format!("{want:?} exactly (a trainable adapter is not reshaped)"),
+                });
+            }
+        }
+        let mut st = lock(&self.state);
+        if st.adapters.iter().any(|a| a.name == adapter) {
+            return Err(LoraError::Duplicate { layer: self.name.clone(), adapter: adapter.to_string() });
+        }
+        st.adapters.push(Adapter {
+            name: adapter.to_string(),
+            down: down.shallow_clone(),
+            up: up.shallow_clone(),
+            scale,
+            weight: 1.0,
+            fused: None,
+        });
+        Ok(())
+    }
+
     /// Set an unfused adapter's weight; `false` if the layer has no adapter of that name.
     pub fn set_weight(&self, adapter: &str, weight: f64) -> Result<bool, LoraError> {
         let mut st = lock(&self.state);
@@ -505,6 +536,25 @@ mod tests {
         assert!(close(&conv.forward(&x), &unfused, 1e-4));
         assert_eq!(targets.remove("a"), 1);
         assert_eq!(t.adapters(), ["b"]);
+    }
+
+    #[test]
+    fn trainable_adapters_pass_gradients_to_their_variables() {
+        tch::manual_seed(2);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (layer, targets) = collect(|| linear(vs.root() / "l", 4, 3, Default::default()));
+        vs.freeze();
+        let lora = nn::VarStore::new(Device::Cpu);
+        let down = lora.root().randn("down", &[2, 4], 0.0, 1.0);
+        let up = lora.root().randn("up", &[3, 2], 0.0, 1.0);
+        targets.get("l").unwrap().attach_trainable("a", &down, &up, 0.5).unwrap();
+        let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+        layer.forward(&x).sum(Kind::Float).backward();
+        assert!(down.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(up.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(!layer.ws.grad().defined());
+        let wrong = lora.root().zeros("wrong", &[2, 4, 1, 1]);
+        assert!(targets.get("l").unwrap().attach_trainable("b", &wrong, &up, 1.0).is_err());
     }
 
     #[test]

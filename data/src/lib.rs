@@ -6,6 +6,7 @@
 //! CLI's DATASET argument into one; [`loader::Loader`] turns it into deterministic,
 //! sharded, prefetched batches; [`tools`] holds what `genlab data` runs.
 pub mod builtin;
+pub mod captions;
 pub mod cifar;
 pub mod dataset;
 pub mod error;

@@ -385,6 +385,13 @@ impl StableDiffusion {
         }
     }
 
+    /// Stop gradients to every weight of the model (the base model of a fine-tuning run, whose adapters train).
+    pub fn freeze(&mut self) {
+        for vs in [&mut self.text_vs, &mut self.text2_vs, &mut self.unet_vs, &mut self.vae_vs] {
+            vs.freeze();
+        }
+    }
+
     /// The kind of the UNet's weights (what latents are cast to).
     pub fn kind(&self) -> Kind {
         self.kind

@@ -7,11 +7,13 @@
 //! - [`lora`]: LoRA files (kohya, peft, diffusers layouts) matched to a model's layers.
 //! - [`embedding`]: textual-inversion embeddings.
 //! - [`controlnet`]: ControlNets, whose residuals steer the UNet with a control image.
+//! - [`finetune`]: LoRA fine-tuning on captioned images.
 //! - [`adapt`]: [`StableDiffusion::open`] with [`LoadOptions`], and the LoRA and embedding methods.
 //! - [`pipeline`]: text-to-image, image-to-image and inpainting.
 pub mod adapt;
 pub mod controlnet;
 pub mod embedding;
+pub mod finetune;
 pub mod loader;
 pub mod lora;
 pub mod pipeline;
