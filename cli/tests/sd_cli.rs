@@ -206,8 +206,8 @@ fn finetune_writes_a_lora_that_txt2img_loads_and_names_bad_captions() {
         c.args(["--sample-every", "0", "--no-progress", "--batch-size", "4", "--device", "cpu"]).args(extra);
         c.arg("--out").arg(out).output().unwrap()
     };
-    let text =
-        ok(finetune(&["--data", "digits", "--limit", "32", "--caption", "a digit {class}", "--lora-rank", "2"], &run));
+    let args = ["--data", "digits", "--limit", "32", "--caption", "a digit {class}", "--lora-rank", "2"];
+    let text = ok(finetune(&[&args[..], &["--gradient-accumulation-steps", "2"]].concat(), &run));
     assert!(text.contains("Finished at step 6"), "{text}");
     let lora = run.join("pytorch_lora_weights.safetensors");
     let png = tmp.path().join("x.png");
@@ -228,6 +228,8 @@ fn finetune_writes_a_lora_that_txt2img_loads_and_names_bad_captions() {
     assert!(e.contains("give --caption"), "{e}");
     let e = fail(finetune(&["--data", "digits", "--caption", "x", "--precision", "fp16"], &tmp.path().join("r4")));
     assert!(e.contains("only fp32"), "{e}");
+    let e = fail(finetune(&[&args[..], &["--gradient-accumulation-steps", "3"]].concat(), &tmp.path().join("r5")));
+    assert!(e.contains("divide the batch size 4"), "{e}");
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! LoRA fine-tuning of the tiny Stable-Diffusion-shaped pipeline of `reference/sd_tiny.py` on real images
 //! (scikit-learn's digits, captioned "a digit {class}"): the adapted model denoises the training images better
 //! than the base model and its generations move toward them, by stated bounds; a resumed run ends with the same
-//! adapters as an uninterrupted one; and diffusers' `load_lora_weights` reads the file the run writes into the
-//! same image genlab draws with it.
+//! adapters as an uninterrupted one; and diffusers' `load_lora_weights` reads the files the run writes (peft
+//! layout with its LoraConfig, and kohya's) into the same image genlab draws with them.
 #[path = "common/sd_reference.rs"]
 mod sd_reference;
 
@@ -14,7 +14,7 @@ use genlab_core::run::FitOptions;
 use genlab_core::train::HarnessConfig;
 use genlab_data::DataSpec;
 use genlab_diffusion::schedule::NoiseSchedule;
-use genlab_diffusion::sd::finetune::{finetune, FinetuneOptions, LORA_FILE};
+use genlab_diffusion::sd::finetune::{finetune, FinetuneOptions, KOHYA_FILE, LORA_FILE};
 use genlab_diffusion::sd::{GenerateOptions, StableDiffusion};
 use sd_reference as r;
 use tch::{Device, Kind, Tensor};
@@ -55,6 +55,7 @@ fn options() -> FinetuneOptions {
         warmup_steps: 20,
         lr_schedule: "cosine".into(),
         sample_steps: 5,
+        kohya: true,
         ..FinetuneOptions::default()
     }
 }
@@ -186,30 +187,31 @@ fn a_resumed_run_ends_with_the_same_adapters() {
     }
 }
 
-#[test]
-fn diffusers_reads_the_written_lora_into_the_same_image() {
-    let _turn = turn();
-    let file = trained().join(LORA_FILE);
+/// diffusers' image with the LoRA file `lora` (`reference/lora_load.py`).
+fn diffusers_image(lora: &Path) -> Tensor {
     let out = tempfile::tempdir().unwrap();
     let image = out.path().join("image.safetensors");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/lora_load.py");
     let py = std::env::var_os("GENLAB_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let status = Command::new(py)
+    let run = Command::new(py)
         .arg(&script)
         .arg("--pipeline")
         .arg(r::dir().join("pipeline"))
         .arg("--lora")
-        .arg(&file)
+        .arg(lora)
         .arg("--out")
         .arg(&image)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let want = Tensor::read_safetensors(&image).unwrap().remove(0).1;
-    let mut sd = StableDiffusion::from_dir(&r::dir().join("pipeline"), Device::Cpu).unwrap();
-    sd.load_lora(&file, 1.0, false).unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    Tensor::read_safetensors(&image).unwrap().remove(0).1
+}
+
+#[test]
+fn diffusers_reads_the_written_lora_files_into_the_same_image() {
+    let _turn = turn();
     let opts = GenerateOptions {
         prompt: "a photo of a cat".into(),
         negative_prompt: "blurry".into(),
@@ -219,7 +221,15 @@ fn diffusers_reads_the_written_lora_into_the_same_image() {
         width: Some(32),
         ..GenerateOptions::default()
     };
-    let got = sd.txt2img(&opts).unwrap().images;
-    r::assert_close("genlab's LoRA file in diffusers", &got, &want);
-    assert!(r::rel_l2(&got, &r::io("pipeline.ddim.image")) > 1e-3, "the trained LoRA changes nothing");
+    let mut genlab = Vec::new();
+    for file in [LORA_FILE, KOHYA_FILE] {
+        let path = trained().join(file);
+        let mut sd = StableDiffusion::from_dir(&r::dir().join("pipeline"), Device::Cpu).unwrap();
+        sd.load_lora(&path, 1.0, false).unwrap();
+        let got = sd.txt2img(&opts).unwrap().images;
+        r::assert_close(&format!("genlab's {file} in diffusers"), &got, &diffusers_image(&path));
+        assert!(r::rel_l2(&got, &r::io("pipeline.ddim.image")) > 1e-3, "the trained LoRA changes nothing");
+        genlab.push(got);
+    }
+    r::assert_within("kohya and peft files", &genlab[1], &genlab[0], 1e-6);
 }

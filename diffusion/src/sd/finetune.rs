@@ -75,6 +75,15 @@ pub struct FinetuneOptions {
     /// Training image size in pixels (square; default: the UNet's sample size times the autoencoder's factor).
     #[cfg_attr(feature = "clap", arg(long))]
     pub resolution: Option<i64>,
+    /// Split each step's batch into this many micro-batches whose gradients add up before the update
+    /// (the batch's memory for a fraction of it; the batch size must divide evenly).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
+    /// Also write the adapters in kohya-ss / A1111 keys (`RUN/lora_kohya.safetensors`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default)]
+    pub kohya: bool,
     /// Linear learning-rate warm-up steps.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub warmup_steps: u64,
@@ -108,6 +117,8 @@ impl Default for FinetuneOptions {
             lr: 1e-4,
             weight_decay: 1e-2,
             batch_size: 1,
+            gradient_accumulation_steps: 1,
+            kohya: false,
             resolution: None,
             warmup_steps: 0,
             lr_schedule: "constant".into(),
@@ -117,6 +128,10 @@ impl Default for FinetuneOptions {
             sample_steps: 20,
         }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A LoRA fine-tuning run's `config.json`.
@@ -163,6 +178,13 @@ impl FinetuneOptions {
                 "fine-tuning needs a rank >= 1 (got {}), a batch size >= 1 (got {}), a learning rate > 0 (got {}) and \
                  at least one LoRA target",
                 self.lora_rank, self.batch_size, self.lr
+            )));
+        }
+        let a = self.gradient_accumulation_steps;
+        if a < 1 || self.batch_size % a != 0 {
+            return Err(cfg_err(format!(
+                "--gradient-accumulation-steps {a} must be at least 1 and divide the batch size {}",
+                self.batch_size
             )));
         }
         if !matches!(self.lr_schedule.as_str(), "constant" | "cosine") {
@@ -310,29 +332,13 @@ impl LoraFinetune {
         }
     }
 
-    fn captions_of(&self, labels: &Tensor) -> Result<Vec<String>> {
-        let ids =
-            Vec::<i64>::try_from(labels.to_device(Device::Cpu)).map_err(|e| cfg_err(format!("batch labels: {e}")))?;
-        ids.iter()
-            .map(|&i| {
-                self.run.captions.get(i as usize).cloned().ok_or_else(|| cfg_err(format!("no caption for item {i}")))
-            })
-            .collect()
-    }
-}
-
-impl TrainTask for LoraFinetune {
-    fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
+    /// The training loss of images `x` (prepared) with their captions.
+    fn loss(&self, x: &Tensor, captions: &[String]) -> Result<Tensor> {
         let o = &self.run.options;
-        let lr = o.lr_at(step, self.run.steps);
-        self.opt.set_lr(lr);
-        let labels = batch.labels.as_ref().ok_or_else(|| cfg_err("fine-tuning batches carry caption ids".into()))?;
-        let captions = self.captions_of(labels)?;
-        let x = self.prepare(&batch.images);
         let b = x.size()[0];
         let vae = &self.sd.config.vae;
         let latents = tch::no_grad(|| -> Result<Tensor> {
-            let post = self.sd.vae.encode(&x)?;
+            let post = self.sd.vae.encode(x)?;
             let z = &post.mean + post.std() * post.mean.randn_like();
             Ok((z - vae.shift_factor.unwrap_or(0.0)) * vae.scaling_factor)
         })?;
@@ -354,13 +360,44 @@ impl TrainTask for LoraFinetune {
         };
         let pred = self.sd.unet.forward(&noisy, &t, &text)?;
         let per_sample = (pred - target).square().mean_dim([1, 2, 3].as_slice(), false, Kind::Float);
-        let loss = match o.snr_gamma {
+        Ok(match o.snr_gamma {
             Some(g) => (per_sample * self.schedule.min_snr_weights(&t, g)?).mean(Kind::Float),
             None => per_sample.mean(Kind::Float),
-        };
-        let value = loss.double_value(&[]);
-        self.opt.backward_step(&loss);
-        Ok(StepOutput { loss: value, metrics: vec![("lr".into(), lr)] })
+        })
+    }
+
+    fn captions_of(&self, labels: &Tensor) -> Result<Vec<String>> {
+        let ids =
+            Vec::<i64>::try_from(labels.to_device(Device::Cpu)).map_err(|e| cfg_err(format!("batch labels: {e}")))?;
+        ids.iter()
+            .map(|&i| {
+                self.run.captions.get(i as usize).cloned().ok_or_else(|| cfg_err(format!("no caption for item {i}")))
+            })
+            .collect()
+    }
+}
+
+impl TrainTask for LoraFinetune {
+    fn train_step(&mut self, batch: &Batch, step: u64) -> genlab_core::Result<StepOutput> {
+        let o = &self.run.options;
+        let lr = o.lr_at(step, self.run.steps);
+        self.opt.set_lr(lr);
+        let labels = batch.labels.as_ref().ok_or_else(|| cfg_err("fine-tuning batches carry caption ids".into()))?;
+        let captions = self.captions_of(labels)?;
+        let x = self.prepare(&batch.images);
+        let parts = o.gradient_accumulation_steps as i64;
+        let micro = x.size()[0] / parts;
+        self.opt.zero_grad();
+        let mut total = 0.0;
+        for k in 0..parts {
+            let x = x.narrow(0, k * micro, micro);
+            let caps = &captions[(k * micro) as usize..((k + 1) * micro) as usize];
+            let loss = self.loss(&x, caps)? / parts as f64;
+            total += loss.double_value(&[]);
+            loss.backward();
+        }
+        self.opt.step();
+        Ok(StepOutput { loss: total, metrics: vec![("lr".into(), lr)] })
     }
 
     fn samples(&mut self, n: i64) -> genlab_core::Result<Tensor> {
@@ -473,8 +510,37 @@ pub fn export_lora(run_dir: &Path) -> Result<PathBuf> {
         meta.insert(format!("{component}.init_lora_weights"), serde_json::json!(true));
     }
     let path = run_dir.join(LORA_FILE);
-    write_with_metadata(&named, &path, &serde_json::Value::Object(meta).to_string())?;
+    write_with_metadata(&named, &path, Some(&serde_json::Value::Object(meta).to_string()))?;
+    if o.kohya {
+        write_kohya(&named, o.alpha(), &run_dir.join(KOHYA_FILE))?;
+    }
     Ok(path)
+}
+
+/// The kohya-ss file a run writes with `--kohya`.
+pub const KOHYA_FILE: &str = "lora_kohya.safetensors";
+
+/// peft-named adapters in kohya-ss / A1111 keys: `lora_unet_<module with _>.lora_down.weight` (A),
+/// `.lora_up.weight` (B) and `.alpha`, the text encoder's as `lora_te_text_model_...`.
+fn write_kohya(named: &[(String, Tensor)], alpha: f64, path: &Path) -> Result<()> {
+    let mut out = Vec::new();
+    for (k, t) in named {
+        let (module, role) = match (k.strip_suffix(".lora_A.weight"), k.strip_suffix(".lora_B.weight")) {
+            (Some(m), _) => (m, "lora_down.weight"),
+            (_, Some(m)) => (m, "lora_up.weight"),
+            _ => continue,
+        };
+        let name = match module.split_once('.') {
+            Some(("unet", m)) => format!("lora_unet_{}", m.replace('.', "_")),
+            Some(("text_encoder", m)) => format!("lora_te_{}", m.replace('.', "_")),
+            _ => return Err(cfg_err(format!("{k}: not a unet or text_encoder adapter"))),
+        };
+        if role == "lora_down.weight" {
+            out.push((format!("{name}.alpha"), Tensor::from(alpha as f32)));
+        }
+        out.push((format!("{name}.{role}"), t.shallow_clone()));
+    }
+    write_with_metadata(&out, path, None)
 }
 
 /// f32 tensors as safetensors views.
@@ -498,8 +564,8 @@ impl safetensors::View for &F32 {
     }
 }
 
-/// Write `named` (as f32) to `path` atomically, with `lora_adapter_metadata` = `metadata`.
-fn write_with_metadata(named: &[(String, Tensor)], path: &Path, metadata: &str) -> Result<()> {
+/// Write `named` (as f32) to `path` atomically, with `lora_adapter_metadata` = `metadata` where given.
+fn write_with_metadata(named: &[(String, Tensor)], path: &Path, metadata: Option<&str>) -> Result<()> {
     let views: Vec<(String, F32)> = named
         .iter()
         .map(|(k, t)| {
@@ -509,8 +575,10 @@ fn write_with_metadata(named: &[(String, Tensor)], path: &Path, metadata: &str) 
             Ok((k.clone(), F32 { shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }))
         })
         .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> =
-        [("format".to_string(), "pt".to_string()), ("lora_adapter_metadata".to_string(), metadata.to_string())].into();
+    let mut meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    if let Some(m) = metadata {
+        meta.insert("lora_adapter_metadata".into(), m.to_string());
+    }
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::tensor::serialize_to_file(views.iter().map(|(k, v)| (k.as_str(), v)), &Some(meta), &tmp)
         .map_err(|e| DiffusionError::Lora { path: tmp.clone(), message: format!("writing: {e:?}") })?;
