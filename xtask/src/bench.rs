@@ -31,13 +31,14 @@ pub fn run(libtorch: &Path, args: &[String]) -> Result<()> {
         Some("families") => families(libtorch),
         Some("dist") => dist(libtorch, &args[1..]),
         Some("sd-unet") => sd_unet(libtorch, &args[1..]),
+        Some("finetune") => finetune(libtorch, &args[1..]),
         Some("quality") => quality(libtorch, &args[1..]),
         Some("all") => {
             optim(libtorch)?;
             data(libtorch)?;
             families(libtorch)
         }
-        _ => bail!("usage: cargo xtask bench optim|data|families|dist|sd-unet|quality|all"),
+        _ => bail!("usage: cargo xtask bench optim|data|families|dist|sd-unet|finetune|quality|all"),
     }
 }
 
@@ -516,6 +517,43 @@ impl UNetStep {
     }
 }
 
+/// Run a step benchmark's two sides with the same flags and thread settings (OMP_NUM_THREADS and
+/// MKL_NUM_THREADS as `--threads`, OMP_WAIT_POLICY=PASSIVE), each in its own process: genlab-diffusion's
+/// example `example`, then the Python `script` (with diffusers 0.42.1 and `packages`, told genlab's parameter
+/// count to check). Returns both reports, the load average before, and when they started.
+fn step_pair(
+    libtorch: &Path,
+    example: &str,
+    script: &str,
+    packages: &[&str],
+    flags: &[(&str, usize)],
+) -> Result<(UNetStep, UNetStep, String, Instant)> {
+    let root = crate::root();
+    let torch = format!("torch=={}", crate::setup::TORCH_VERSION);
+    let mut pkgs = vec![torch.as_str(), "diffusers==0.42.1"];
+    pkgs.extend_from_slice(packages);
+    let py = crate::setup::python_packages(&root, &pkgs)?;
+    let exe = example_executable(libtorch, "genlab-diffusion", example)?;
+    let args: Vec<String> = flags.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect();
+    let threads = flags.iter().find(|(f, _)| *f == "--threads").map(|(_, t)| t.to_string()).unwrap_or_default();
+    let with_env = |mut c: Command| {
+        c.current_dir(&root)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("OMP_NUM_THREADS", &threads)
+            .env("MKL_NUM_THREADS", &threads)
+            .env("OMP_WAIT_POLICY", "PASSIVE");
+        c
+    };
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let mut rust = with_env(Command::new(&exe));
+    let g = UNetStep::parse(&output(rust.args(&args))?, example)?;
+    let mut python = with_env(Command::new(&py));
+    python.arg(root.join(script)).args(&args).args(["--expect-params", &format!("{}", g.params)]);
+    let p = UNetStep::parse(&output(&mut python)?, script)?;
+    Ok((g, p, load_before, t0))
+}
+
 /// `bench sd-unet [--steps N] [--threads T]`: seconds per denoising step of Stable Diffusion 1.5's UNet
 /// (the `sd15` preset, random weights) at 256x256 (latents [2, 4, 32, 32]: one image with classifier-free
 /// guidance; encoder_hidden_states [2, 77, 768]), f32 on the CPU inside no_grad, warm-up 1 then the median
@@ -538,28 +576,9 @@ fn sd_unet(libtorch: &Path, args: &[String]) -> Result<()> {
     if steps == 0 || threads == 0 {
         bail!("bench sd-unet: --steps and --threads must be at least 1");
     }
+    let flags = [("--steps", steps), ("--threads", threads)];
+    let (g, p, load_before, t0) = step_pair(libtorch, "sd_unet_bench", "bench/sd_unet.py", &[], &flags)?;
     let root = crate::root();
-    let torch = format!("torch=={}", crate::setup::TORCH_VERSION);
-    let py = crate::setup::python_packages(&root, &[&torch, "diffusers==0.42.1"])?;
-    let exe = example_executable(libtorch, "genlab-diffusion", "sd_unet_bench")?;
-    let (steps_s, threads_s) = (steps.to_string(), threads.to_string());
-    let with_env = |mut c: Command| {
-        c.current_dir(&root)
-            .env_remove("LD_LIBRARY_PATH")
-            .env("OMP_NUM_THREADS", &threads_s)
-            .env("MKL_NUM_THREADS", &threads_s)
-            .env("OMP_WAIT_POLICY", "PASSIVE");
-        c
-    };
-    let load_before = loadavg();
-    let t0 = Instant::now();
-    let mut rust = with_env(Command::new(&exe));
-    rust.args(["--steps", &steps_s, "--threads", &threads_s]);
-    let g = UNetStep::parse(&output(&mut rust)?, "sd_unet_bench")?;
-    let mut python = with_env(Command::new(&py));
-    python.arg(root.join("bench/sd_unet.py")).args(["--steps", &steps_s, "--threads", &threads_s]);
-    python.args(["--expect-params", &format!("{}", g.params)]);
-    let p = UNetStep::parse(&output(&mut python)?, "bench/sd_unet.py")?;
 
     let mut md = String::new();
     md.push_str("# Stable Diffusion 1.5 UNet: one denoising step on the CPU\n\n");
@@ -588,6 +607,74 @@ fn sd_unet(libtorch: &Path, args: &[String]) -> Result<()> {
         p.peak_rss_mib / g.peak_rss_mib
     ));
     let path = root.join("bench/sd-unet.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    print!("{md}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `bench finetune [--steps N] [--threads T] [--batch B] [--rounds R]`: seconds per LoRA training step (forward, backward,
+/// AdamW with gradient clipping) of a small Stable-Diffusion-shaped UNet (SD 1.5's layout at 128/256/512/512
+/// channels, rank-4 adapters on the attention projections) at latents [B, 4, 32, 32], f32 on the CPU, from genlab
+/// (`diffusion/examples/lora_step_bench.rs`) and from diffusers 0.42.1 + peft 0.22 as
+/// `train_text_to_image_lora.py` steps (`bench/lora_step.py`), each in its own process, with the peak memory of
+/// each. Writes bench/finetune.md.
+fn finetune(libtorch: &Path, args: &[String]) -> Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (mut steps, mut threads, mut batch, mut rounds) = (5usize, cores, 2usize, 3usize);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--steps" => steps = value()?.parse().context("--steps")?,
+            "--threads" => threads = value()?.parse().context("--threads")?,
+            "--batch" => batch = value()?.parse().context("--batch")?,
+            "--rounds" => rounds = value()?.parse().context("--rounds")?,
+            other => bail!("bench finetune: unknown flag {other}; flags: --steps N --threads T --batch B --rounds R"),
+        }
+    }
+    if steps == 0 || threads == 0 || batch == 0 || rounds == 0 {
+        bail!("bench finetune: --steps, --threads, --batch and --rounds must be at least 1");
+    }
+    let flags = [("--steps", steps), ("--threads", threads), ("--batch", batch)];
+    // Alternating rounds, the fastest of each side kept: the least disturbed by other load on a shared machine.
+    let (mut g, mut p, load_before, t0) =
+        step_pair(libtorch, "lora_step_bench", "bench/lora_step.py", &["peft==0.22.0"], &flags)?;
+    for _ in 1..rounds {
+        let (g2, p2, _, _) = step_pair(libtorch, "lora_step_bench", "bench/lora_step.py", &["peft==0.22.0"], &flags)?;
+        g.s_per_step = g.s_per_step.min(g2.s_per_step);
+        p.s_per_step = p.s_per_step.min(p2.s_per_step);
+    }
+    let root = crate::root();
+
+    let mut md = String::new();
+    md.push_str("# LoRA fine-tuning: one training step on the CPU\n\n");
+    md.push_str(&format!(
+        "`cargo xtask bench finetune --steps {steps} --threads {threads} --batch {batch} --rounds {rounds}`. A small \
+         Stable-Diffusion-shaped UNet (SD 1.5's layout at 128/256/512/512 channels, {} parameters, random weights, \
+         frozen) with rank-4 adapters on every to_q, to_k, to_v and to_out.0; latents [{batch}, 4, 32, 32] \
+         (256x256 images), encoder_hidden_states [{batch}, 77, 768], f32: forward, MSE to the noise, backward, \
+         gradient clipping at 1 and AdamW over the adapters, as diffusers' `train_text_to_image_lora.py` steps \
+         (genlab: `diffusion/examples/lora_step_bench.rs`; diffusers 0.42.1 + peft 0.22: `bench/lora_step.py`); two \
+         warm-up steps, then the median of {steps}; the fastest of {rounds} alternating rounds. Both on libtorch {} \
+         with {threads} thread(s) (OMP_WAIT_POLICY=PASSIVE), each in its own process; peak memory is the process's \
+         VmHWM (of the first round). CPU: {}, {cores} \
+         cores (nproc); load average {load_before} before, {} after; {:.0} s in all.\n\n",
+        g.params,
+        crate::setup::TORCH_VERSION,
+        cpu_model(),
+        loadavg(),
+        t0.elapsed().as_secs_f64(),
+    ));
+    md.push_str("| side | s / step | peak RSS MiB |\n|---|---:|---:|\n");
+    md.push_str(&format!("| genlab | {:.3} | {:.0} |\n", g.s_per_step, g.peak_rss_mib));
+    md.push_str(&format!("| diffusers + peft (PyTorch eager) | {:.3} | {:.0} |\n", p.s_per_step, p.peak_rss_mib));
+    md.push_str(&format!(
+        "\nRatio (diffusers / genlab): time {:.2}x, memory {:.2}x; above 1 means genlab is faster (smaller).\n",
+        p.s_per_step / g.s_per_step,
+        p.peak_rss_mib / g.peak_rss_mib
+    ));
+    let path = root.join("bench/finetune.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     print!("{md}");
     eprintln!("wrote {}", path.display());

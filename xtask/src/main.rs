@@ -5,7 +5,7 @@
 //! - `test`: setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`.
 //! - `demo`: setup, then train each family's small default model on mnist5k and write grids
 //!   and an HTML report per run under `runs/demo`.
-//! - `bench optim|data|families|dist|sd-unet|all`: genlab beside PyTorch from Python on the same work.
+//! - `bench optim|data|families|dist|sd-unet|finetune|all`: genlab beside PyTorch from Python on the same work.
 //! - `download NAME`: a dataset's original files, verified, where genlab-data finds them;
 //!   `download fid-inception`: the FID Inception-v3 weights, converted to safetensors;
 //!   `download clip-vocab`: the CLIP BPE vocabulary; `download sd15`: Stable Diffusion 1.5 (diffusers layout).
@@ -51,6 +51,7 @@ fn usage() -> ! {
   bench families  each family's default model: train steps/s, samples/s, peak memory beside PyTorch eager
   bench dist [--nproc N] [--device cpu|cuda]  data-parallel scaling (1 vs N processes) and a 40 MB all-reduce
   bench sd-unet [--steps N] [--threads T]  seconds per step of SD 1.5's UNet at 256x256 beside diffusers
+  bench finetune [--steps N] [--threads T] [--batch B] [--rounds R]  a LoRA training step beside diffusers + peft
   bench all       optim, data and families
   download NAME   fetch and verify a dataset (mnist, fashion-mnist, cifar10) into $GENLAB_DATA_DIR or ~/.cache/genlab
   download clip-vocab [--from FILE]
