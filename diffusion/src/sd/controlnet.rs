@@ -292,47 +292,23 @@ impl ControlNet {
     /// difference.
     pub fn check_fits(&self, unet: &UNet2DConditionConfig) -> Result<()> {
         let mine = &self.cfg.unet;
-        let differ = |what: &str, a: String, b: String| {
-            Err(DiffusionError::Shape(format!(
-                "this ControlNet does not fit the model: its {what} is {a}, the UNet's {b} (a ControlNet for another base model?)"
-            )))
-        };
         let (lv, ulv) = (mine.per_level()?, unet.per_level()?);
-        if mine.in_channels != unet.in_channels {
-            return differ("in_channels", mine.in_channels.to_string(), unet.in_channels.to_string());
+        let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+        let pairs = [
+            ("in_channels", d(&mine.in_channels), d(&unet.in_channels)),
+            ("block_out_channels", d(&mine.block_out_channels), d(&unet.block_out_channels)),
+            ("layers_per_block", d(&lv.layers), d(&ulv.layers)),
+            ("down_block_types", d(&mine.down_block_types), d(&unet.down_block_types)),
+            ("cross_attention_dim", d(&lv.cross_attention_dim), d(&ulv.cross_attention_dim)),
+            ("addition_embed_type", d(&mine.addition_embed_type), d(&unet.addition_embed_type)),
+        ];
+        match pairs.into_iter().find(|(_, a, b)| a != b) {
+            Some((what, a, b)) => Err(DiffusionError::Shape(format!(
+                "this ControlNet does not fit the model: its {what} is {a}, the UNet's {b} (a ControlNet for another \
+                 base model?)"
+            ))),
+            None => Ok(()),
         }
-        if mine.block_out_channels != unet.block_out_channels {
-            return differ(
-                "block_out_channels",
-                format!("{:?}", mine.block_out_channels),
-                format!("{:?}", unet.block_out_channels),
-            );
-        }
-        if lv.layers != ulv.layers {
-            return differ("layers_per_block", format!("{:?}", lv.layers), format!("{:?}", ulv.layers));
-        }
-        if mine.down_block_types != unet.down_block_types {
-            return differ(
-                "down_block_types",
-                format!("{:?}", mine.down_block_types),
-                format!("{:?}", unet.down_block_types),
-            );
-        }
-        if lv.cross_attention_dim != ulv.cross_attention_dim {
-            return differ(
-                "cross_attention_dim",
-                lv.cross_attention_dim.to_string(),
-                ulv.cross_attention_dim.to_string(),
-            );
-        }
-        if mine.addition_embed_type != unet.addition_embed_type {
-            return differ(
-                "addition_embed_type",
-                format!("{:?}", mine.addition_embed_type),
-                format!("{:?}", unet.addition_embed_type),
-            );
-        }
-        Ok(())
     }
 
     /// The residuals this ControlNet adds to the UNet for `sample` at `timestep` with the text `context`
