@@ -80,4 +80,9 @@ pub enum DiffusionError {
 
 pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
 
+/// [`DiffusionError::Model`] for `path`.
+pub(crate) fn model_err(path: &std::path::Path, message: impl Into<String>) -> DiffusionError {
+    DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
+}
+
 genlab_core::into_core_error!(DiffusionError);

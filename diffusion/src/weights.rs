@@ -1,16 +1,12 @@
 //! Reading a diffusers component's weights from its folder: one safetensors file, its sharded form,
 //! or the fp16 variant of either. Both the CLIP text encoders and the Stable Diffusion U-Net read
 //! through it.
-use crate::error::{DiffusionError, Result};
+use crate::error::{model_err, Result};
 use genlab_core::checkpoint::read_safetensors;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
-
-fn model_err(path: &Path, message: impl Into<String>) -> DiffusionError {
-    DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
-}
 
 /// Read a component's weights from `dir`, in this order of preference: `<stem>.safetensors`, its sharded
 /// form `<stem>.safetensors.index.json` (whose `weight_map` names the shards), then the same two for the

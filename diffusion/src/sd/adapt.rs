@@ -9,15 +9,11 @@ use tch::{Device, Kind, Tensor};
 use genlab_core::Precision;
 
 use crate::clip::text_model::ClipTextModel;
-use crate::error::{DiffusionError, Result};
+use crate::error::{model_err, DiffusionError, Result};
 use crate::sd::embedding::{EmbeddingFile, EmbeddingReport, EmbeddingSpec};
 use crate::sd::loader::StableDiffusion;
 use crate::sd::lora::{LoraFile, LoraReport, LoraSpec, ModelTargets};
 use crate::sd::single_file;
-
-fn model_err(path: &Path, message: impl Into<String>) -> DiffusionError {
-    DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
-}
 
 /// How [`StableDiffusion::open`] loads a model (with the `clap` feature, the flags for it).
 #[derive(Debug, Clone, Default)]

@@ -17,14 +17,10 @@ use tch::{Device, Kind, Tensor};
 
 use genlab_core::checkpoint::{load_named_into, read_safetensors};
 
-use crate::error::{DiffusionError, Result};
+use crate::error::{model_err, DiffusionError, Result};
 use crate::sd::single_file;
 use crate::sd::unet::{ControlResiduals, Encoder, UNet2DConditionConfig};
 use crate::unet_2d_blocks::{down_pass, BlockContext};
-
-fn model_err(path: &Path, message: impl Into<String>) -> DiffusionError {
-    DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
-}
 
 /// A ControlNet's `config.json`: the encoder it copies, in the UNet's keys, and its own.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,7 @@ use genlab_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::clip::text_model::{self, ClipTextConfig, ClipTextModel};
 use crate::clip::ClipTokenizer;
-use crate::error::{DiffusionError, Result};
+use crate::error::{model_err, DiffusionError, Result};
 use crate::schedule::ScheduleConfig;
 use crate::scheduler::SchedulerKind;
 use crate::sd::embedding::EmbeddingReport;
@@ -26,10 +26,6 @@ use crate::sd::lora::LoraReport;
 use crate::sd::single_file;
 use crate::sd::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 pub use crate::weights::read_weights;
-
-fn model_err(path: &Path, message: impl Into<String>) -> DiffusionError {
-    DiffusionError::Model { path: path.to_path_buf(), message: message.into() }
-}
 
 /// Fill several components at once; the error lists every component's problems.
 fn fill_all(path: &Path, parts: &[(&str, &VarStore, Vec<(String, Tensor)>)]) -> Result<()> {
