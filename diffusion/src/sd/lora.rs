@@ -341,11 +341,21 @@ fn peft_scales(path: &Path, metadata: Option<&HashMap<String, String>>) -> Resul
     Ok(out)
 }
 
-fn read_metadata(path: &Path) -> Result<Option<HashMap<String, String>>> {
-    let bytes = std::fs::read(path).map_err(|e| lora_err(path, format!("cannot read: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| lora_err(path, format!("not a readable safetensors file: {e:?}")))?;
-    Ok(meta.metadata().clone())
+/// The file's `__metadata__` strings, from its JSON header alone (libtorch reads the tensors).
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |e: String| lora_err(path, format!("not a readable safetensors header: {e}"));
+    let mut file = std::fs::File::open(path).map_err(|e| lora_err(path, format!("cannot read: {e}")))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return Err(bad(format!("a header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    Ok(json.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default())
 }
 
 impl LoraFile {
@@ -362,8 +372,10 @@ impl LoraFile {
                  convert it to safetensors first)",
             ));
         }
-        let metadata = read_metadata(path)?;
-        let named = genlab_core::checkpoint::read_safetensors(path)?;
+        let named = genlab_core::checkpoint::read_safetensors(path).map_err(|e| match e {
+            genlab_core::CoreError::File { message, .. } => lora_err(path, message),
+            e => e.into(),
+        })?;
         let kohya = named.iter().any(|(k, _)| k.starts_with("lora_unet_") || k.starts_with("lora_te"));
         let format = if kohya {
             LoraFormat::Kohya
@@ -419,7 +431,8 @@ impl LoraFile {
                 ),
             ));
         }
-        let scales = if format == LoraFormat::Peft { peft_scales(path, metadata.as_ref())? } else { HashMap::new() };
+        let scales =
+            if format == LoraFormat::Peft { peft_scales(path, Some(&read_metadata(path)?))? } else { HashMap::new() };
         Ok(LoraFile { path: path.to_path_buf(), format, layers, unrecognised, scales })
     }
 
